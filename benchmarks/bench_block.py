@@ -1,0 +1,217 @@
+"""Time GaussianBlock against the loop-by-loop structure and against layer_norm.
+
+For every row (input shape, normalised axis, heads H, Gaussians G, layers) it
+times, forward only and forward+backward:
+
+- ours:    ``GaussianBlock`` (eager; with ``--compile`` also ``torch.compile``d);
+- oracle:  the loop-by-loop structure of the original (a Python loop over heads
+           and over Gaussians, direct product, float32), ``tests/attention_oracle.py``;
+- LN:      ``torch.nn.functional.layer_norm`` over the same axis, once per layer
+           (no affine, no residual): the memory-bandwidth yardstick. layer_norm
+           only normalises the last axis, so for another axis the time includes
+           ``movedim`` + the copy to contiguous and back; ``LN-last`` is the same
+           layer_norm on a tensor already laid out with that axis last.
+
+Times are medians over ``--repeats`` runs of a loop lasting at least
+``--min-time`` seconds. Ratios: ``orc/ours`` = oracle / ours and
+``ours/LN`` = ours / LN, both forward+backward.
+
+    python benchmarks/bench_block.py                      # default grid, 2 threads
+    python benchmarks/bench_block.py --shapes seed 32x128x64:1 --compile
+    python benchmarks/bench_block.py --grid full --threads 1 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from attention_oracle import block_params, oracle_block  # noqa: E402
+
+from gaussian_adaptive_attention import GaussianBlock  # noqa: E402
+
+SHAPES = {
+    "seed": ((10, 128), 1),
+    "32x128x64:1": ((32, 128, 64), 1),
+    "32x128x64:-1": ((32, 128, 64), -1),
+    "16x24x1024:-2": ((16, 24, 1024), -2),
+    "64x512x256:1": ((64, 512, 256), 1),
+}
+# (heads, Gaussians, layers): every value of each factor appears at least twice.
+SENSIBLE_GRID = [(4, 4, 1), (8, 8, 1), (4, 8, 3), (8, 4, 3)]
+
+
+@dataclass
+class Row:
+    name: str
+    shape: tuple[int, ...]
+    axis: int
+    heads: int
+    gaussians: int
+    layers: int
+
+
+def timeit(fn: Callable[[], object], repeats: int, min_time: float) -> float:
+    """Median seconds per call over `repeats` loops of at least `min_time` seconds."""
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    calls = max(1, int(min_time / once))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
+
+
+def layer_norm_block(x: torch.Tensor, axis: int, layers: int) -> torch.Tensor:
+    """layer_norm over `axis` once per layer; the axis is moved last and back."""
+    for _ in range(layers):
+        x = F.layer_norm(x.movedim(axis, -1), (x.shape[axis],)).movedim(-1, axis)
+    return x
+
+
+def layer_norm_last(x: torch.Tensor, layers: int) -> torch.Tensor:
+    for _ in range(layers):
+        x = F.layer_norm(x, (x.shape[-1],))
+    return x
+
+
+def fwd_and_fwdbwd(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor, repeats: int, min_time: float
+) -> tuple[float, float]:
+    def fwd() -> None:
+        with torch.no_grad():
+            forward(x)
+
+    def fwdbwd() -> None:
+        forward(x).backward(grad)
+
+    return timeit(fwd, repeats, min_time), timeit(fwdbwd, repeats, min_time)
+
+
+def profile_top(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor, top: int = 12) -> str:
+    from torch.profiler import profile
+
+    forward(x).backward(grad)
+    with profile() as prof:
+        for _ in range(3):
+            forward(x).backward(grad)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def build_rows(shapes: list[str], grid: list[tuple[int, int, int]]) -> list[Row]:
+    rows = []
+    for name in shapes:
+        shape, axis = SHAPES[name]
+        combos = [(4, 5, 3)] if name == "seed" else grid  # the seed README's example
+        for heads, gaussians, layers in combos:
+            rows.append(Row(name, shape, axis, heads, gaussians, layers))
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="rows to run")
+    parser.add_argument("--grid", choices=["sensible", "full"], default="sensible", help="(heads, Gaussians, layers) grid")
+    parser.add_argument("--heads", type=int, nargs="+", help="override: heads values (full grid over the given values)")
+    parser.add_argument("--gaussians", type=int, nargs="+", help="override: Gaussians values")
+    parser.add_argument("--layers", type=int, nargs="+", help="override: layers values")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=int, default=7, help="timing loops per measurement (median)")
+    parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timing loop")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(block, fullgraph=True)")
+    parser.add_argument("--no-oracle", action="store_true", help="skip the (slow) loop-by-loop oracle")
+    parser.add_argument("--profile", action="store_true", help="print top ops where a target is missed")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.heads or args.gaussians or args.layers:
+        grid = list(itertools.product(args.heads or [4, 8], args.gaussians or [4, 8], args.layers or [1, 3]))
+    elif args.grid == "full":
+        grid = list(itertools.product([4, 8], [4, 8], [1, 3]))
+    else:
+        grid = SENSIBLE_GRID
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU, "
+          f"median of {args.repeats} loops of >= {args.min_time}s; times in ms")
+    header = "| shape | axis | H | G | L | mode | ours fwd | ours f+b | oracle f+b | LN f+b | LN-last f+b | orc/ours | ours/LN |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    missed = []
+    for row in build_rows(args.shapes, grid):
+        block = GaussianBlock([row.axis] * row.layers, [row.heads] * row.layers, [row.gaussians] * row.layers, row.layers)
+        x = torch.randn(row.shape, requires_grad=True)
+        grad = torch.randn(row.shape)
+        axes = [row.axis] * row.layers
+        params = [[tuple(p.detach().clone().requires_grad_() for p in head) for head in layer] for layer in block_params(block)]
+
+        oracle_fb = float("nan")
+        if not args.no_oracle:
+            _, oracle_fb = fwd_and_fwdbwd(
+                lambda t: oracle_block(t, axes, params)[0], x, grad, max(3, args.repeats // 2), args.min_time
+            )
+        _, ln_fb = fwd_and_fwdbwd(lambda t: layer_norm_block(t, row.axis, row.layers), x, grad, args.repeats, args.min_time)
+        x_last = x.detach().movedim(row.axis, -1).contiguous().requires_grad_()
+        _, ln_last_fb = fwd_and_fwdbwd(
+            lambda t: layer_norm_last(t, row.layers), x_last, grad.movedim(row.axis, -1).contiguous(), args.repeats, args.min_time
+        )
+
+        modes: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [("eager", block)]
+        if args.compile:
+            compiled = torch.compile(block, fullgraph=True)
+            t0 = time.perf_counter()
+            compiled(x).backward(grad)
+            with torch.no_grad():
+                compiled(x)
+            print(f"<!-- compile time {row.name} H{row.heads} G{row.gaussians} L{row.layers}: {time.perf_counter() - t0:.1f}s -->")
+            modes.append(("compile", compiled))
+        best = float("inf")
+        for mode, fn in modes:
+            fwd, fb = fwd_and_fwdbwd(fn, x, grad, args.repeats, args.min_time)
+            best = min(best, fb)
+            print(
+                f"| {'x'.join(map(str, row.shape))} | {row.axis} | {row.heads} | {row.gaussians} | {row.layers} | {mode} "
+                f"| {fwd * 1e3:.3f} | {fb * 1e3:.3f} | {oracle_fb * 1e3:.2f} | {ln_fb * 1e3:.3f} | {ln_last_fb * 1e3:.3f} "
+                f"| {oracle_fb / fb:.1f} | {fb / ln_fb:.2f} |",
+                flush=True,
+            )
+            if mode == "eager" and oracle_fb / fb < 5.0:
+                missed.append((row, mode, f"eager orc/ours {oracle_fb / fb:.1f} < 5", fn, x, grad))
+        if best / ln_fb > 2.0:
+            missed.append((row, "best", f"best ours/LN {best / ln_fb:.2f} > 2", modes[-1][1], x, grad))
+
+    if missed:
+        print("\nTargets missed:")
+        for row, mode, why, fn, x, grad in missed:
+            print(f"- {row.name} H{row.heads} G{row.gaussians} L{row.layers} ({mode}): {why}")
+        if args.profile:
+            seen = set()
+            for row, mode, why, fn, x, grad in missed:
+                key = (row.name, row.heads, row.gaussians, row.layers)
+                if key in seen:
+                    continue
+                seen.add(key)
+                print(f"\n### profile (ours, {mode}): {row.name} H{row.heads} G{row.gaussians} L{row.layers}")
+                print(profile_top(fn, x, grad))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from gaa_cli.cli import main
+
+main()

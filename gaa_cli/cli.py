@@ -1,0 +1,269 @@
+"""The `gaa` command line: parse, call one function, report. No logic lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GaaError, UsageError
+
+app = typer.Typer(
+    name="gaa",
+    help="Train, evaluate and apply Gaussian Adaptive Attention classifiers on sequences in CSV or Parquet files.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(soft_wrap=True)  # results
+err = Console(stderr=True, soft_wrap=True, highlight=False)  # progress and notes
+_state = {"debug": False}
+
+
+class Layout(str, Enum):
+    auto = "auto"
+    wide = "wide"
+    long = "long"
+    list = "list"
+
+
+class Axes(str, Enum):
+    time = "time"
+    features = "features"
+    both = "both"
+
+
+class Format(str, Enum):
+    csv = "csv"
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+def _say(kind: str, message: str) -> None:
+    sys.stderr.write(f"gaa: {kind}: {message}\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Turn every failure into one line on stderr and a stable exit code."""
+    from .train import Interrupted
+
+    try:
+        yield
+    except (typer.Exit, click.exceptions.Exit):
+        raise
+    except Interrupted as e:
+        _say("interrupted", f"saved a resumable checkpoint at {e.path}; continue with: gaa train --resume {e.path.parent}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        _say("interrupted", "stopped by Ctrl-C")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except GaaError as e:
+        if _state["debug"]:
+            raise
+        _say("error", e.message)
+        raise typer.Exit(e.exit_code) from None
+    except Exception as e:  # a bug or an environment failure: still one line, unless --debug
+        if _state["debug"]:
+            raise
+        _say("error", f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with --debug for the traceback)")
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def _notes(notes: list[str]) -> None:
+    for n in notes:
+        _say("note", n)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"gaa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+) -> None:
+    """Exit codes: 0 success, 2 bad usage or bad input, 1 failure at run time, 130 interrupted."""
+    _state["debug"] = debug
+
+
+# --- gaa train -------------------------------------------------------------------------------------
+
+DataArg = Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file, or a folder of Parquet files.", show_default=False)]
+OptInt = Optional[int]
+OptFloat = Optional[float]
+
+
+def _features(value: Optional[str]) -> Optional[list[str]]:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+@app.command(epilog="Examples:\n\n  gaa train sample_data/gestures_train.parquet\n\n  gaa train data.csv --label target --epochs 50 --out runs/first\n\n  gaa train --resume runs/first")
+def train(
+    data: Annotated[Optional[Path], typer.Argument(help="Training data: CSV (.csv, .csv.gz), Parquet, or a folder of Parquet files. Optional with --resume.", show_default=False)] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Validation file (same layout) used to pick the best checkpoint.", rich_help_panel="Data")] = None,
+    val_split: Annotated[OptFloat, typer.Option(help="Fraction of the training data held out for validation [default: from the data's size].", rich_help_panel="Data")] = None,
+    layout: Annotated[Layout, typer.Option(help="Data layout; auto picks it from the file's columns.", rich_help_panel="Data")] = Layout.auto,
+    label: Annotated[str, typer.Option(help="Label column.", rich_help_panel="Data")] = "label",
+    id_col: Annotated[Optional[str], typer.Option(help="Sequence id column (long and list layouts).", rich_help_panel="Data")] = None,
+    time_col: Annotated[Optional[str], typer.Option(help="Ordering column (long layout).", rich_help_panel="Data")] = None,
+    features: Annotated[Optional[str], typer.Option(help="Comma-separated columns to use [default: every numeric column that is not label, id or time].", rich_help_panel="Data")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean instead of refusing the file.", rich_help_panel="Data")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory [default: a new folder under runs/].", rich_help_panel="Run")] = None,
+    force: Annotated[bool, typer.Option(help="Reuse a non-empty run directory, replacing its checkpoints.", rich_help_panel="Run")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.", rich_help_panel="Run")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] and [train] tables; options given here win.", rich_help_panel="Run")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [default: auto].", rich_help_panel="Run")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel="Run")] = False,
+    epochs: Annotated[OptInt, typer.Option(help="Maximum epochs [default: from the data's size].", rich_help_panel="Training")] = None,
+    batch_size: Annotated[OptInt, typer.Option(help="Batch size [default: from the data's size].", rich_help_panel="Training")] = None,
+    lr: Annotated[OptFloat, typer.Option(help="Peak learning rate [default: 3e-3].", rich_help_panel="Training")] = None,
+    weight_decay: Annotated[OptFloat, typer.Option(help="AdamW weight decay [default: 1e-2].", rich_help_panel="Training")] = None,
+    label_smoothing: Annotated[OptFloat, typer.Option(help="Label smoothing [default: 0.1].", rich_help_panel="Training")] = None,
+    patience: Annotated[OptInt, typer.Option(help="Stop after this many epochs without validation gain; 0 = never.", rich_help_panel="Training")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random scaling and jitter during training [default: on].", rich_help_panel="Training")] = None,
+    seed: Annotated[OptInt, typer.Option(help="Random seed [default: 0].", rich_help_panel="Training")] = None,
+    width: Annotated[OptInt, typer.Option(help="Width of the convolutional stem [default: from the data].", rich_help_panel="Model")] = None,
+    stem_layers: Annotated[OptInt, typer.Option(help="Dilated conv layers in the stem [default: 3].", rich_help_panel="Model")] = None,
+    kernel_size: Annotated[OptInt, typer.Option(help="Conv kernel size [default: 7].", rich_help_panel="Model")] = None,
+    gaa_layers: Annotated[OptInt, typer.Option(help="GaussianBlock layers; 0 removes the block [default: 2].", rich_help_panel="Model")] = None,
+    gaa_heads: Annotated[OptInt, typer.Option(help="Heads per GaussianBlock layer [default: 4].", rich_help_panel="Model")] = None,
+    gaa_gaussians: Annotated[OptInt, typer.Option(help="Gaussians per head [default: 4].", rich_help_panel="Model")] = None,
+    gaa_axes: Annotated[Optional[Axes], typer.Option(help="What the GaussianBlock normalises over [default: time].", rich_help_panel="Model")] = None,
+    gaa_mixture: Annotated[Optional[bool], typer.Option("--gaa-mixture/--gaa-product", help="Mixture of Gaussians instead of their product [default: product].", rich_help_panel="Model")] = None,
+    dropout: Annotated[OptFloat, typer.Option(help="Dropout before the head [default: 0.1].", rich_help_panel="Model")] = None,
+) -> None:
+    """Train a classifier and write checkpoints, metrics and the resolved config to a run directory."""
+    from .runs import TrainRequest, run_training
+
+    model_opts = dict(width=width, stem_layers=stem_layers, kernel_size=kernel_size, gaa_layers=gaa_layers, gaa_heads=gaa_heads,
+                      gaa_gaussians=gaa_gaussians, gaa_axes=gaa_axes.value if gaa_axes else None, gaa_mixture=gaa_mixture, dropout=dropout)
+    train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
+                      val_split=val_split, patience=patience, augment=augment, seed=seed, device=device)
+    with _reported():
+        request = TrainRequest(
+            data=data, val=val, out=out_dir, force=force, resume=resume, config=config,
+            layout=layout.value, label=label, id_col=id_col, time_col=time_col, features=_features(features),
+            allow_missing=allow_missing, model_options=model_opts, train_options=train_opts,
+        )
+        result = run_training(request, console=err, show_progress=not quiet, notes=_notes)
+        table = Table(title="gaa train", show_header=False, title_justify="left")
+        table.add_row("run directory", str(result.run_dir))
+        table.add_row("best checkpoint", str(result.best_path))
+        table.add_row("best epoch", f"{result.best_epoch} of {result.epochs_run}")
+        for k in ("val_acc", "val_loss", "train_loss"):
+            if k in result.metrics:
+                table.add_row(k.replace("_", " "), f"{result.metrics[k]:.4f}")
+        table.add_row("time", f"{result.seconds:.1f} s")
+        out.print(table)
+        err.print(f"next: gaa evaluate {result.run_dir} TEST_FILE", markup=False)
+
+
+# --- gaa evaluate ----------------------------------------------------------------------------------
+
+CheckpointArg = Annotated[Path, typer.Argument(help="A run directory (its best checkpoint) or a .safetensors checkpoint.", show_default=False)]
+
+
+@app.command(epilog="Examples:\n\n  gaa evaluate runs/first sample_data/gestures_test.parquet\n\n  gaa evaluate runs/first/best.safetensors test.csv --json > metrics.json")
+def evaluate(
+    checkpoint: CheckpointArg,
+    data: DataArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")] = False,
+    allow_unseen_labels: Annotated[bool, typer.Option(help="Count labels the model never saw as wrong instead of refusing the file.")] = False,
+    allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    label: Annotated[Optional[str], typer.Option(help="Label column, if it differs from the training data's.")] = None,
+) -> None:
+    """Score a checkpoint on labelled data: accuracy, balanced accuracy, macro F1, log loss, per-class table, confusion matrix."""
+    from .inference import evaluate as run_evaluate
+    from .inference import load_model
+
+    with _reported():
+        loaded = load_model(checkpoint, device)
+        report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides={"label": label})
+        _notes(notes)
+        if as_json:
+            out.file.write(json.dumps(report) + "\n")
+            return
+        _print_report(report)
+
+
+def _print_report(r: dict) -> None:
+    summary = Table(title=f"{r['data']} ({r['n_samples']} samples)", show_header=False, title_justify="left")
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss"):
+        summary.add_row(k.replace("_", " "), f"{r[k]:.4f}")
+    out.print(summary)
+    per = Table("label", "precision", "recall", "f1", "support", title="per class", title_justify="left")
+    for row in r["per_class"]:
+        per.add_row(str(row["label"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    out.print(per)
+    cm = Table("true \\ predicted", *map(str, r["labels"]), title="confusion matrix", title_justify="left")
+    for lab, row in zip(r["labels"], r["confusion_matrix"]):
+        cm.add_row(str(lab), *map(str, row))
+    out.print(cm)
+
+
+# --- gaa predict -----------------------------------------------------------------------------------
+
+
+@app.command(epilog="Examples:\n\n  gaa predict runs/first new.parquet > predictions.csv\n\n  gaa predict runs/first new.csv --format jsonl\n\n  gaa predict runs/first new.csv --format parquet --output predictions.parquet")
+def predict(
+    checkpoint: CheckpointArg,
+    data: DataArg,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format; parquet needs --output.")] = Format.csv,
+    output: Annotated[Optional[Path], typer.Option(help="Write here instead of stdout.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite --output if it exists.")] = False,
+    allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Predict a label and class probabilities for every sample, in input order. Needs no label column."""
+    from .inference import load_model
+    from .inference import predict as run_predict
+    from .runs import write_predictions
+
+    with _reported():
+        if fmt is Format.parquet and output is None:
+            raise UsageError("--format parquet writes binary data; pass --output FILE.parquet")
+        if output is not None and output.exists() and not force:
+            raise UsageError(f"{output}: already exists; pass --force to overwrite it or choose another --output")
+        loaded = load_model(checkpoint, device)
+        frame, notes = run_predict(loaded, data, allow_missing=allow_missing)
+        _notes(notes)
+        write_predictions(frame, fmt.value, output, sys.stdout)
+
+
+def main() -> None:
+    """Entry point of `gaa` and `python -m gaa_cli`: one-line usage errors, stable exit codes."""
+    try:
+        rc = app(prog_name="gaa", standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        _say("error", f"{e.format_message()}{hint}")
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        _say("interrupted", "stopped by Ctrl-C")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.ClickException as e:
+        _say("error", e.format_message())
+        sys.exit(e.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,193 @@
+"""Typed configuration: the model, the training recipe, and how they are read and written.
+
+Every field is a plain type so a config round-trips through TOML (the user's
+`--config` file and the run's saved `config.toml`) and through checkpoint JSON.
+A field left as None means "choose from the data's shape"; `resolve` fills them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UsageError
+
+__all__ = ["ModelConfig", "TrainConfig", "DataShape", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate"]
+
+AXES = ("time", "features", "both")
+
+
+@dataclass
+class ModelConfig:
+    """The classifier around a GaussianBlock (see model.py)."""
+
+    width: int | None = None  # channels of the convolutional stem
+    stem_layers: int = 3  # dilated residual conv layers before attention
+    kernel_size: int = 7  # convolution kernel size of the stem
+    gaa_layers: int = 2  # layers in the GaussianBlock
+    gaa_heads: int = 4  # heads per GaussianBlock layer
+    gaa_gaussians: int = 4  # Gaussians per head
+    gaa_axes: str = "time"  # what the block normalises over: time, features or both
+    gaa_mixture: bool = False  # true mixture of Gaussians instead of their product
+    dropout: float = 0.1  # dropout before the classification head
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. None = chosen from the data's shape."""
+
+    epochs: int | None = None  # maximum epochs
+    batch_size: int | None = None
+    lr: float = 3e-3  # peak learning rate (AdamW, one-cycle schedule)
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    val_split: float | None = None  # fraction of TRAIN held out for model selection (0 = none)
+    patience: int | None = None  # epochs without improvement before stopping early (0 = never)
+    augment: bool = True  # random scaling, jitter and shifts during training
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the defaults are chosen from."""
+
+    n_samples: int
+    length: int  # longest sequence
+    channels: int
+    n_classes: int
+
+
+def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[ModelConfig, TrainConfig]:
+    """Fill every None field from the data's shape; explicit values are kept."""
+    model = dataclasses.replace(model)
+    train = dataclasses.replace(train)
+    if model.width is None:
+        model.width = 64 if shape.channels <= 16 else 128
+    if train.batch_size is None:
+        train.batch_size = int(min(64, max(8, 2 ** round(math.log2(max(shape.n_samples, 1) / 8)))))
+    if train.epochs is None:
+        # aim at a fixed number of optimiser steps, whatever the data's size
+        steps_per_epoch = math.ceil(shape.n_samples / train.batch_size)
+        train.epochs = int(min(200, max(20, 1500 // steps_per_epoch)))
+    if train.val_split is None:
+        train.val_split = 0.0 if shape.n_samples < 100 else 0.15
+    if train.patience is None:
+        train.patience = 0 if train.val_split == 0 else max(10, train.epochs // 4)
+    return model, train
+
+def validate(model: ModelConfig, train: TrainConfig) -> None:
+    """Refuse values no run could use, naming the option."""
+
+    def bad(name: str, value: Any, want: str) -> UsageError:
+        return UsageError(f"--{name.replace('_', '-')} {value}: must be {want}")
+
+    for name, lo, hi in (("epochs", 1, 100_000), ("batch_size", 1, 1_000_000), ("patience", 0, 100_000)):
+        v = getattr(train, name)
+        if v is not None and not lo <= v <= hi:
+            raise bad(name, v, f"an integer from {lo} to {hi}")
+    if not (math.isfinite(train.lr) and 0 < train.lr <= 10):
+        raise bad("lr", train.lr, "a number above 0 and at most 10 (typical: 1e-4 to 1e-2)")
+    if not (math.isfinite(train.weight_decay) and 0 <= train.weight_decay <= 10):
+        raise bad("weight_decay", train.weight_decay, "from 0 to 10")
+    if not 0 <= train.label_smoothing < 1:
+        raise bad("label_smoothing", train.label_smoothing, "at least 0 and below 1")
+    if train.val_split is not None and not 0 <= train.val_split < 1:
+        raise bad("val_split", train.val_split, "at least 0 and below 1")
+    if not 0 <= model.dropout < 1:
+        raise bad("dropout", model.dropout, "at least 0 and below 1")
+    for name, lo, hi in (("width", 1, 4096), ("stem_layers", 0, 12), ("kernel_size", 1, 255), ("gaa_layers", 0, 16), ("gaa_heads", 1, 64), ("gaa_gaussians", 1, 64)):
+        v = getattr(model, name)
+        if v is not None and not lo <= v <= hi:
+            raise bad(name, v, f"an integer from {lo} to {hi}")
+    if model.gaa_axes not in ("time", "features", "both"):
+        raise bad("gaa_axes", model.gaa_axes, "time, features or both")
+
+
+# --- reading and writing -----------------------------------------------------------
+
+
+def _check_value(cls: type, name: str, value: Any, where: str) -> Any:
+    """Return `value` converted to the field's type, or raise a UsageError saying what was expected."""
+    hint = get_type_hints(cls)[name]
+    allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+    raise UsageError(f"{where}: '{name}' must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a config dataclass from a dict, refusing unknown keys and wrong types."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(known))}")
+    return cls(**{k: _check_value(cls, k, v, where) for k, v in data.items()})
+
+
+def load_toml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a config file with optional [model] and [train] tables; returns their raw dicts."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file not found; check the path given to --config") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory; --config needs a TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid TOML ({e}); fix the syntax or remove --config") from None
+    unknown = sorted(set(data) - {"model", "train"})
+    if unknown:
+        raise UsageError(f"{path}: unknown table(s) {', '.join(unknown)}; a config has [model] and [train] only")
+    for table in ("model", "train"):
+        if not isinstance(data.get(table, {}), dict):
+            raise UsageError(f"{path}: '{table}' must be a table ([{table}])")
+    model, train = data.get("model", {}), data.get("train", {})
+    from_dict(ModelConfig, model, f"{path} [model]")  # validate early, with the file's name
+    from_dict(TrainConfig, train, f"{path} [train]")
+    return model, train
+
+
+def merge(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any], where: str) -> Any:
+    """Defaults < config file < command line (options left unset on the command line are None)."""
+    values = dict(file_values)
+    values.update({k: v for k, v in cli_values.items() if v is not None})
+    return from_dict(cls, values, where)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def to_toml(model: ModelConfig, train: TrainConfig) -> str:
+    """The resolved configuration as a TOML file that `--config` accepts."""
+    lines = ["# resolved configuration of this run; reuse it with `gaa train --config`"]
+    for table, cfg in (("model", model), ("train", train)):
+        lines.append(f"\n[{table}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(cfg).items() if v is not None]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""The errors the tool reports to its users.
+
+Each one carries a message meant to be read by a person: what is wrong, where
+(file, column, row) and what to do about it. The CLI prints it as one line on
+stderr and exits with `exit_code`; nothing else should print a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GaaError",
+    "UsageError",
+    "DataError",
+    "CheckpointError",
+    "TrainingError",
+    "EXIT_OK",
+    "EXIT_RUNTIME",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+]
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1  # a failure while running: diverged training, device failure, I/O error
+EXIT_USAGE = 2  # bad usage or bad input: the user can fix the command or the file
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class GaaError(Exception):
+    """Base class: a problem the user can act on, reported without a traceback."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(GaaError):
+    """An option or argument has a value the tool cannot use."""
+
+
+class DataError(GaaError):
+    """A data file is missing, unreadable or not shaped as expected."""
+
+
+class CheckpointError(GaaError):
+    """A checkpoint is missing, corrupted, untrusted or from an unknown format."""
+
+
+class TrainingError(GaaError):
+    """Training failed at run time (for example the loss became NaN)."""
+
+    exit_code = EXIT_RUNTIME

@@ -1,0 +1,136 @@
+"""What the commands ask for, turned into work: run directories, configs, data, outputs."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from . import checkpoint as ckpt_io
+from .config import ModelConfig, TrainConfig, from_dict, load_toml, merge, validate
+from .data import Schema, load
+from .errors import UsageError
+from .files import atomic_write, atomic_write_text
+from .train import TrainResult, fit
+
+__all__ = ["TrainRequest", "run_training", "write_predictions"]
+
+RUN_FILES = (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.toml")
+
+
+@dataclass
+class TrainRequest:
+    data: Path | None
+    val: Path | None = None
+    out: Path | None = None
+    force: bool = False
+    resume: Path | None = None
+    config: Path | None = None
+    layout: str = "auto"
+    label: str = "label"
+    id_col: str | None = None
+    time_col: str | None = None
+    features: list[str] | None = None
+    allow_missing: bool = False
+    model_options: dict[str, Any] = field(default_factory=dict)  # None = not given
+    train_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _new_run_dir(data: Path) -> Path:
+    stem = data.name.split(".")[0] or "run"
+    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _prepare_run_dir(path: Path, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: exists and is not a directory; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise UsageError(f"{path}: run directory is not empty; pass --force to replace its checkpoints, choose another --out, or continue it with --resume {path}")
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".gaa-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write the run directory ({e.strerror}); choose another --out") from None
+
+
+def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Callable[[list[str]], None]) -> TrainResult:
+    if req.resume is not None:
+        return _resume(req, console=console, show_progress=show_progress, notes=notes)
+    if req.data is None:
+        raise UsageError("missing DATA: give a training file (gaa train DATA) or --resume RUN_DIR")
+    file_model, file_train = load_toml(req.config) if req.config else ({}, {})
+    model_cfg = merge(ModelConfig, file_model, req.model_options, "command line")
+    train_cfg = merge(TrainConfig, file_train, req.train_options, "command line")
+    validate(model_cfg, train_cfg)
+    data = load(req.data, layout=req.layout, label=req.label, id_col=req.id_col, time_col=req.time_col,
+                features=req.features, need_labels=True, allow_missing=req.allow_missing, min_classes=2)
+    notes(data.notes)
+    val = None
+    if req.val is not None:
+        val = load(req.val, schema=data.schema, need_labels=True, allow_missing=req.allow_missing)
+        notes(val.notes)
+    run_dir = req.out if req.out is not None else _new_run_dir(req.data)
+    _prepare_run_dir(run_dir, req.force)
+    sources = {"data": str(req.data.resolve()), "val": str(req.val.resolve()) if req.val else "", "allow_missing": str(req.allow_missing)}
+    return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources)
+
+
+def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[[list[str]], None]) -> TrainResult:
+    given = [k for k, v in {**req.model_options, **req.train_options}.items() if v is not None and k != "device"]
+    if given or req.config or req.out or req.val:
+        extra = [f"--{k.replace('_', '-')}" for k in given] + [o for o, v in (("--config", req.config), ("--out", req.out), ("--val", req.val)) if v]
+        raise UsageError(f"--resume continues a run with its saved settings; drop {', '.join(extra)}")
+    run_dir = req.resume
+    last = run_dir / ckpt_io.LAST
+    if not last.is_file():
+        raise UsageError(f"{run_dir}: no {ckpt_io.LAST} to resume from; pass a run directory written by `gaa train`")
+    ck = ckpt_io.load(last)
+    if "resume" not in ck.meta:
+        raise UsageError(f"{last}: checkpoint holds no training state; it cannot be resumed")
+    model_cfg = from_dict(ModelConfig, ck.meta["model_config"], f"{last} model_config")
+    train_cfg = from_dict(TrainConfig, ck.meta["train_config"], f"{last} train_config")
+    if req.train_options.get("device"):
+        train_cfg.device = req.train_options["device"]
+    sources = ck.meta.get("sources", {})
+    data_path = req.data or Path(sources.get("data", ""))
+    if not str(data_path):
+        raise UsageError(f"{last}: does not record its training data; pass it: gaa train DATA --resume {run_dir}")
+    allow_missing = sources.get("allow_missing") == "True"
+    data = load(data_path, schema=Schema.from_dict(ck.meta["schema"]), need_labels=True, allow_missing=allow_missing)
+    notes(data.notes)
+    val = load(Path(sources["val"]), schema=data.schema, need_labels=True, allow_missing=allow_missing) if sources.get("val") else None
+    notes([f"resuming {run_dir} at epoch {ck.meta['resume']['loop']['epoch'] + 1}, step {ck.meta['resume']['loop']['step'] + 1}"])
+    return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources)
+
+
+def write_predictions(frame: pd.DataFrame, fmt: str, output: Path | None, stdout: IO[str]) -> None:
+    """CSV or JSON lines to stdout or a file; Parquet to a file. Files are written atomically."""
+    if fmt == "parquet":
+        assert output is not None
+        atomic_write(output, lambda tmp: frame.to_parquet(tmp, engine="pyarrow", index=False))
+        return
+    buf = io.StringIO()
+    if fmt == "csv":
+        frame.to_csv(buf, index=False)
+    else:
+        frame.to_json(buf, orient="records", lines=True, force_ascii=False)
+    if output is None:
+        stdout.write(buf.getvalue())
+        stdout.flush()
+    else:
+        atomic_write_text(output, buf.getvalue())

@@ -1,0 +1,348 @@
+"""Single-head and multi-head Gaussian adaptive attention modules.
+
+Shape legend used in the comments:
+
+    B ...  any leading dimensions of the input
+    L      length of the normalised axis (``norm_axis``)
+    P, Q   products of the dimensions before / after the normalised axis
+    H      heads, N positions per head (the last head also takes L % H), G Gaussians
+
+Both modules keep the original library's parameters and state-dict keys
+(``mean_offsets``, ``c``; ``attention_heads.{h}.mean_offsets`` / ``.c``), but
+run all heads and all Gaussians in one pass (see ``functional.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .functional import gaussian_mixture_attention, gaussian_product_attention
+
+__all__ = ["GaussianAdaptiveAttention", "MultiHeadGaussianAdaptiveAttention"]
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_eps(eps: object) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0.0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+
+
+def _check_input(x: Tensor, norm_axis: int) -> int:
+    """Validate ``x`` against ``norm_axis``; return the axis as a non-negative index."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have at least 2 dimensions, got shape {tuple(x.shape)}")
+    if not -x.dim() <= norm_axis < x.dim():
+        raise ValueError(
+            f"norm_axis {norm_axis} is out of range for an input with {x.dim()} dimensions "
+            f"(expected {-x.dim()} <= norm_axis < {x.dim()})"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    return norm_axis % x.dim()
+
+
+def validity_mask(x: Tensor, mask: Optional[Tensor], padding_value: Optional[float]) -> Optional[Tensor]:
+    """Combine ``mask`` (True = valid) and ``x != padding_value`` into one bool mask.
+
+    Args:
+        x: the input, shape (B...).
+        mask: None, or a bool tensor broadcastable to ``x.shape``.
+        padding_value: None, or the value that marks padded entries of ``x``.
+
+    Returns:
+        None when neither is given, else a bool tensor broadcastable to ``x``.
+    """
+    valid = None
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a bool tensor (True = valid position), got {got}")
+        try:
+            shape = torch.broadcast_shapes(mask.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the input's shape {tuple(x.shape)}"
+            )
+        valid = mask
+    if padding_value is not None:
+        not_pad = x != padding_value
+        valid = not_pad if valid is None else valid & not_pad
+    return valid
+
+
+class _HeadAttention(nn.Module):
+    """What both modules share: the layout change and one call for all heads."""
+
+    norm_axis: int
+    mixture: bool
+
+    def _heads(self) -> Sequence["GaussianAdaptiveAttention"]:
+        raise NotImplementedError
+
+    def _head_eps(self) -> float:
+        raise NotImplementedError
+
+    def _attend(self, x: Tensor, valid: Optional[Tensor], residual: bool) -> tuple[Tensor, Tensor]:
+        """Attention over ``norm_axis``; returns ``(out, w)`` shaped like x.
+
+        ``out`` is ``x * w`` (``x + x * w`` when ``residual``) at valid positions
+        and ``x`` elsewhere. ``x`` must already have passed ``_check_input``.
+        """
+        axis = self.norm_axis % x.dim()
+        heads = self._heads()
+        H = len(heads)
+        shape = x.shape
+        L = shape[axis]
+        chunk = L // H
+        if chunk == 0:
+            raise ValueError(
+                f"the normalised axis has length {L}, fewer than num_heads={H}: every head needs at least one position"
+            )
+        P = math.prod(shape[:axis])
+        Q = math.prod(shape[axis + 1 :])
+        cdtype = torch.promote_types(x.dtype, torch.float32)  # statistics never in half precision
+        x3 = x.to(cdtype).reshape(P, L, Q)  # (P, L, Q)
+        v3 = None
+        if valid is not None:
+            vshape = (1,) * (x.dim() - valid.dim()) + tuple(valid.shape)
+            pre = 1 if all(s == 1 for s in vshape[:axis]) else P
+            post = 1 if all(s == 1 for s in vshape[axis + 1 :]) else Q
+            target = [1 if pre == 1 else s for s in shape[:axis]] + [L] + [1 if post == 1 else s for s in shape[axis + 1 :]]
+            v3 = valid.reshape(vshape).expand(target).reshape(pre, L, post).to(cdtype)  # (P|1, L, Q|1), 0/1
+
+        # Heads 0..H-2 take `chunk` positions each, the last head the rest.
+        if L % H == 0:
+            groups = [(0, H, chunk)]
+        else:
+            groups = [(0, H - 1, chunk), (H - 1, 1, L - (H - 1) * chunk)]
+        outs, ws = [], []
+        for first, nh, n in groups:
+            lo, hi = first * chunk, first * chunk + nh * n
+            xg = x3[:, lo:hi].reshape(P, nh, n, Q)  # (P, H, N, Q)
+            vg = None if v3 is None else v3[:, lo:hi].reshape(v3.shape[0], nh, n, v3.shape[2])
+            out, w = self._kernel(xg, vg, heads[first : first + nh], cdtype, residual)
+            outs.append(out.reshape(P, nh * n, Q))  # (P, N*H, Q)
+            ws.append(w.reshape(P, nh * n, Q))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (P, L, Q)
+        w = ws[0] if len(ws) == 1 else torch.cat(ws, dim=1)
+        return out.reshape(shape).to(x.dtype), w.reshape(shape).to(x.dtype)  # (B...)
+
+    def _kernel(
+        self,
+        x: Tensor,
+        valid: Optional[Tensor],
+        heads: Sequence["GaussianAdaptiveAttention"],
+        cdtype: torch.dtype,
+        residual: bool,
+    ) -> tuple[Tensor, Tensor]:
+        eps = self._head_eps()
+        if self.mixture:
+            m = torch.stack([h.mean_offsets for h in heads]).to(cdtype)  # (H, G)
+            c = torch.stack([h.c for h in heads]).to(cdtype)
+            logits = torch.stack([h.mixture_logits for h in heads]).to(cdtype)
+            return gaussian_mixture_attention(x, valid, m, c, logits, eps, residual)
+        ms = [h.mean_offsets.to(cdtype) for h in heads]
+        cs = [h.c.to(cdtype) for h in heads]
+        return gaussian_product_attention(x, valid, ms, cs, eps, residual)
+
+
+class GaussianAdaptiveAttention(_HeadAttention):
+    """One head of Gaussian adaptive attention over ``norm_axis``.
+
+    Standardises ``x`` along ``norm_axis`` (mean, unbiased variance + eps),
+    scores every position with the product of G Gaussians (``mixture=True``: a
+    softmax-weighted mixture), normalises the scores along the axis into weights
+    ``w`` and returns ``x * w``.
+
+    Shapes: ``x`` is (B...) with at least 2 dimensions; ``out`` and the weights
+    have the same shape; the parameters ``mean_offsets`` and ``c`` are (G,).
+
+    Numerics: the weights are ``exp(log p - max(logsumexp(log p), log eps))``,
+    i.e. the original's ``p / max(sum p, eps)`` computed in log space, so no
+    slice underflows to NaN. A slice whose weights all underflow in the original
+    gets weights exactly 0 here too. A slice with a single (valid) position has
+    variance defined as 0 (then + eps); the original returns NaN there.
+    ``mean_offsets`` are in the data's raw units while ``c`` is in standardised
+    units (as in the original), so the module is scale invariant only while
+    the offsets are 0.
+
+    Padding: positions where ``mask`` is False, or where ``x == padding_value``,
+    are left out of the mean, the variance and the normalising sum, get weight
+    exactly 0 and are returned unchanged. (The original only zeroed padded
+    entries for the statistics, still counted them in the mean, variance and
+    normalising sum, and so moved weight onto the pads.)
+
+    Args:
+        norm_axis: the axis to normalise over; negative values count from the end.
+        num_heads: validated (positive int) for compatibility; a single head ignores it.
+        num_gaussians: G, the number of Gaussians.
+        padding_value: value marking padded entries of ``x``, or None.
+        mean_offset_init: accepted for compatibility and unused (offsets start at 0).
+        eps: added to the variance and the lower clamp of the normalising sum.
+        mixture: use the mixture variant (adds the ``mixture_logits`` parameter).
+    """
+
+    def __init__(
+        self,
+        norm_axis: int,
+        num_heads: int,
+        num_gaussians: int,
+        padding_value: Optional[float],
+        mean_offset_init: float = 0,
+        eps: float = 1e-8,
+        mixture: bool = False,
+    ) -> None:
+        super().__init__()
+        if not _is_int(norm_axis):
+            raise ValueError(f"norm_axis must be an int, got {norm_axis!r}")
+        _check_positive_int("num_heads", num_heads)
+        _check_positive_int("num_gaussians", num_gaussians)
+        _check_eps(eps)
+        self.norm_axis = norm_axis
+        self.num_heads = num_heads
+        self.num_gaussians = num_gaussians
+        self.padding_value = padding_value
+        self.mean_offset_init = mean_offset_init
+        self.eps = float(eps)
+        self.mixture = bool(mixture)
+        self.mean_offsets = nn.Parameter(torch.zeros(num_gaussians))  # (G,)
+        self.c = nn.Parameter(torch.exp(torch.randn(num_gaussians)))  # (G,)
+        if self.mixture:
+            self.mixture_logits = nn.Parameter(torch.ones(num_gaussians))  # (G,)
+
+    def _heads(self) -> Sequence["GaussianAdaptiveAttention"]:
+        return [self]
+
+    def _head_eps(self) -> float:
+        return self.eps
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Optional[Tensor] = None,
+        return_attention_details: bool = False,
+    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """Apply the attention.
+
+        Args:
+            x: input of shape (B...), at least 2 dimensions, floating point.
+            mask: optional bool tensor broadcastable to ``x.shape``, True = valid.
+            return_attention_details: also return the (detached) weights.
+
+        Returns:
+            ``out`` of shape (B...), or ``(out, weights)`` with weights of shape (B...).
+        """
+        _check_input(x, self.norm_axis)
+        valid = validity_mask(x, mask, self.padding_value)
+        out, w = self._attend(x, valid, residual=False)
+        return (out, w) if return_attention_details else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"norm_axis={self.norm_axis}, num_gaussians={self.num_gaussians}, "
+            f"padding_value={self.padding_value}, eps={self.eps}, mixture={self.mixture}"
+        )
+
+
+class MultiHeadGaussianAdaptiveAttention(_HeadAttention):
+    """H heads of Gaussian adaptive attention, each over its own slice of ``norm_axis``.
+
+    The axis (length L) is split into H slices of ``L // H`` positions, the last
+    head also taking the ``L % H`` remainder; each head normalises over its own
+    slice with its own ``mean_offsets`` and ``c`` (stored per head in
+    ``attention_heads``, as in the original). Outputs and weights are
+    concatenated back along the axis.
+
+    Shapes: ``x`` is (B...); ``out`` and the weights have the same shape.
+
+    Quirk kept from the original: the heads always run with ``eps = 1e-8``
+    (variance and clamp), whatever ``eps`` is passed here; the original passed
+    ``eps`` positionally into the heads' unused ``mean_offset_init``. ``eps`` is
+    stored as ``self.eps`` but has no effect.
+
+    See :class:`GaussianAdaptiveAttention` for the numerics, the length-1 rule
+    and the padding semantics.
+
+    Args:
+        norm_axis: the axis to split and normalise over; negative counts from the end.
+        num_heads: H, the number of heads.
+        num_gaussians: G, the number of Gaussians per head.
+        padding_value: value marking padded entries of ``x``, or None.
+        eps: accepted for compatibility; the heads use 1e-8 (see above).
+        mixture: use the mixture variant in every head.
+    """
+
+    def __init__(
+        self,
+        norm_axis: int,
+        num_heads: int,
+        num_gaussians: int,
+        padding_value: Optional[float] = None,
+        eps: float = 1e-8,
+        mixture: bool = False,
+    ) -> None:
+        super().__init__()
+        if not _is_int(norm_axis):
+            raise ValueError(f"norm_axis must be an int, got {norm_axis!r}")
+        _check_positive_int("num_heads", num_heads)
+        _check_positive_int("num_gaussians", num_gaussians)
+        _check_eps(eps)
+        self.norm_axis = norm_axis
+        self.num_heads = num_heads
+        self.num_gaussians = num_gaussians
+        self.padding_value = padding_value
+        self.eps = float(eps)
+        self.mixture = bool(mixture)
+        # As in the original, eps lands in mean_offset_init and the heads keep eps=1e-8.
+        self.attention_heads = nn.ModuleList(
+            [
+                GaussianAdaptiveAttention(norm_axis, num_heads, num_gaussians, padding_value, eps, mixture=mixture)
+                for _ in range(num_heads)
+            ]
+        )
+
+    def _heads(self) -> Sequence[GaussianAdaptiveAttention]:
+        return list(self.attention_heads)
+
+    def _head_eps(self) -> float:
+        return self.attention_heads[0].eps  # 1e-8 unless changed by hand
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Optional[Tensor] = None,
+        return_attention_details: bool = False,
+    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """Apply the attention.
+
+        Args:
+            x: input of shape (B...), at least 2 dimensions, floating point.
+            mask: optional bool tensor broadcastable to ``x.shape``, True = valid.
+            return_attention_details: also return the (detached) weights.
+
+        Returns:
+            ``out`` of shape (B...), or ``(out, weights)`` with weights of shape
+            (B...), the heads' weights concatenated along ``norm_axis``.
+        """
+        _check_input(x, self.norm_axis)
+        valid = validity_mask(x, mask, self.padding_value)
+        out, w = self._attend(x, valid, residual=False)
+        return (out, w) if return_attention_details else out
+
+    def extra_repr(self) -> str:
+        return f"norm_axis={self.norm_axis}, num_heads={self.num_heads}, num_gaussians={self.num_gaussians}"

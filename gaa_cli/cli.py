@@ -180,6 +180,14 @@ def train(
 # --- gaa evaluate ----------------------------------------------------------------------------------
 
 CheckpointArg = Annotated[Path, typer.Argument(help="A run directory (its best checkpoint) or a .safetensors checkpoint.", show_default=False)]
+LayoutOverride = Annotated[Optional[Layout], typer.Option("--layout", help="Read DATA in this layout instead of the training data's.", rich_help_panel="Data")]
+IdOverride = Annotated[Optional[str], typer.Option("--id-col", help="Id column, if it differs from the training data's.", rich_help_panel="Data")]
+TimeOverride = Annotated[Optional[str], typer.Option("--time-col", help="Ordering column, if it differs from the training data's.", rich_help_panel="Data")]
+
+
+def _overrides(layout: Optional[Layout], id_col: Optional[str], time_col: Optional[str], **more: Optional[str]) -> dict:
+    values = {"layout": layout.value if layout and layout is not Layout.auto else None, "id_col": id_col, "time_col": time_col, **more}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @app.command(epilog="Examples:\n\n  gaa evaluate runs/first sample_data/gestures_test.parquet\n\n  gaa evaluate runs/first/best.safetensors test.csv --json > metrics.json")
@@ -190,7 +198,10 @@ def evaluate(
     allow_unseen_labels: Annotated[bool, typer.Option(help="Count labels the model never saw as wrong instead of refusing the file.")] = False,
     allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    label: Annotated[Optional[str], typer.Option(help="Label column, if it differs from the training data's.")] = None,
+    label: Annotated[Optional[str], typer.Option(help="Label column, if it differs from the training data's.", rich_help_panel="Data")] = None,
+    layout: LayoutOverride = None,
+    id_col: IdOverride = None,
+    time_col: TimeOverride = None,
 ) -> None:
     """Score a checkpoint on labelled data: accuracy, balanced accuracy, macro F1, log loss, per-class table, confusion matrix."""
     from .inference import evaluate as run_evaluate
@@ -198,7 +209,7 @@ def evaluate(
 
     with _reported():
         loaded = load_model(checkpoint, device)
-        report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides={"label": label})
+        report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, label=label))
         _notes(notes)
         if as_json:
             out.file.write(json.dumps(report) + "\n")
@@ -233,6 +244,9 @@ def predict(
     force: Annotated[bool, typer.Option(help="Overwrite --output if it exists.")] = False,
     allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    layout: LayoutOverride = None,
+    id_col: IdOverride = None,
+    time_col: TimeOverride = None,
 ) -> None:
     """Predict a label and class probabilities for every sample, in input order. Needs no label column."""
     from .inference import load_model
@@ -245,7 +259,7 @@ def predict(
         if output is not None and output.exists() and not force:
             raise UsageError(f"{output}: already exists; pass --force to overwrite it or choose another --output")
         loaded = load_model(checkpoint, device)
-        frame, notes = run_predict(loaded, data, allow_missing=allow_missing)
+        frame, notes = run_predict(loaded, data, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col))
         _notes(notes)
         write_predictions(frame, fmt.value, output, sys.stdout)
 

@@ -20,8 +20,10 @@ import codecs
 import csv
 import decimal
 import gzip
+import io
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,7 +135,7 @@ def _first_line(exc: BaseException, limit: int = 120) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 # ----------------------------------------------------------------------------
@@ -243,9 +245,16 @@ def _read_csv(p: Path, name: str, gz: bool) -> _Table:
     if b"\x00" in head:
         raise DataError(f"{name}: not a text CSV file (it contains binary NUL bytes){_binary_hint(head)}")
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
     except UnicodeDecodeError:
         raise DataError(f"{name}: not UTF-8 text ({_bad_utf8(p, gz)}){_binary_hint(head, '; save it as UTF-8')}") from None
+    try:
+        header = [h for h in next(csv.reader(io.StringIO(text)), []) if h]  # pandas names blanks "Unnamed: N"
+    except csv.Error:
+        header = []
+    dup = pd.Index(header)[pd.Index(header).duplicated()].unique().tolist()
+    if dup:  # pandas would silently rename the second one to "a.1"
+        raise DataError(f"{name}: column names repeat in the header ({_names(dup)}); give every column its own name")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -266,6 +275,8 @@ def _read_csv(p: Path, name: str, gz: bool) -> _Table:
             raise DataError(f"{name}: holds no data (no header row); it needs a header row and data rows") from None
         except pd.errors.ParserError as e:
             raise _ragged(p, name, gz, e, nonempty_only=False) from None
+        except (EOFError, OSError) as e:  # gzip data cut short, read errors
+            raise DataError(f"{name}: cannot be read to the end ({_first_line(e)}); check the file is complete") from None
         except Exception as e:
             raise DataError(
                 f"{name}: not a readable CSV file ({_first_line(e)}); check it is comma-separated UTF-8 text"
@@ -351,23 +362,29 @@ _UNNAMED = re.compile(r"^Unnamed: \d+(\.\d+)?$")
 
 def _drop_unnamed(df: pd.DataFrame, name: str) -> tuple[pd.DataFrame, list[str]]:
     """Drop a saved pandas index and empty unnamed columns; other unnamed columns are an error."""
-    notes, drop = [], []
+    notes, index, empty = [], [], []
     for pos, col in enumerate(df.columns):
         if not _UNNAMED.match(col):
             continue
         s = df[col]
         if pos == 0 and pd.api.types.is_integer_dtype(s.dtype) and s.is_unique and s.is_monotonic_increasing:
+            index.append(col)
             notes.append(f"{name}: ignored the first column: it has no name and holds increasing integers (a saved row index)")
-            drop.append(col)
         elif _missing_mask(s).all():
-            notes.append(f"{name}: ignored empty column {pos + 1}, which has no name (a trailing comma in the header?)")
-            drop.append(col)
+            empty.append(col)
         else:
             i = int(np.flatnonzero(~_missing_mask(s))[0])
             raise DataError(
                 f"{name}: column {pos + 1} has no name in the header but holds values "
                 f"(row {i + 1}: {_q(s.iloc[i])}); give it a name in the header or remove it"
             )
+    if empty:
+        where = ", ".join(str(df.columns.get_loc(c) + 1) for c in empty)
+        notes.append(
+            f"{name}: ignored empty {'column' if len(empty) == 1 else 'columns'} {where} with no name in the header "
+            "(a trailing comma?)"
+        )
+    drop = index + empty
     return (df.drop(columns=drop) if drop else df), notes
 
 
@@ -526,8 +543,8 @@ def _one_float(v: object) -> float:
         return np.nan
 
 
-def _to_float32(vals: np.ndarray, table: _Table, col: str, where) -> np.ndarray:
-    """Cast one column's float64 values to float32, failing on inf/overflow and (unless allowed) NaN."""
+def _to_float32(vals: np.ndarray, table: _Table, col: str, where: Callable[[int], str]) -> np.ndarray:
+    """Cast one column's float64 values to float32; inf, or a value too large for float32, is an error."""
     with np.errstate(over="ignore", invalid="ignore"):
         v32 = vals.astype(np.float32)
     inf = np.isinf(v32)
@@ -551,7 +568,7 @@ def _missing_error(table: _Table, per_col: list[tuple[str, int, str]]) -> DataEr
 
 
 def _numeric_columns(
-    table: _Table, cols: list[str], where: callable, allow_missing: bool, layout: str
+    table: _Table, cols: list[str], where: Callable[[int], str], allow_missing: bool, layout: str
 ) -> tuple[np.ndarray, int, list[str]]:
     """(rows, len(cols)) float32 for per-row numeric columns, the NaN count, and the columns with NaN."""
     out = np.empty((len(table.df), len(cols)), dtype=np.float32)
@@ -642,7 +659,7 @@ def _row_ids(table: _Table, col: str) -> np.ndarray:
 
 
 def _time_key(table: _Table, col: str) -> np.ndarray:
-    """A float64 sort key for the time column (numbers, or dates/times in ISO 8601)."""
+    """A float64 sort key for the time column: numbers, dates or ISO 8601 strings."""
     name, s = table.name, table.df[col]
     missing = _missing_mask(s)
     if missing.any():
@@ -651,8 +668,12 @@ def _time_key(table: _Table, col: str) -> np.ndarray:
             f"{name}: time column {_q(col)} is empty in {_plural(len(idx), 'row')} ({table.rows(idx)}); "
             "every row needs a time"
         )
-    if pd.api.types.is_datetime64_any_dtype(s.dtype) or pd.api.types.is_timedelta64_dtype(s.dtype):
-        return pd.factorize(s, sort=True)[0].astype(np.float64)
+    if (
+        pd.api.types.is_datetime64_any_dtype(s.dtype)
+        or pd.api.types.is_timedelta64_dtype(s.dtype)
+        or pd.api.types.is_integer_dtype(s.dtype)
+    ):
+        return pd.factorize(s, sort=True)[0].astype(np.float64)  # ranks: exact even for int64 nanoseconds
     if table.is_list(col):
         raise DataError(f"{name}: time column {_q(col)} holds lists; it needs one number or date per row")
     vals, bad = _parse_numbers(s)
@@ -744,7 +765,7 @@ def _build_long(table: _Table, s: Schema, allow_missing: bool, row_labels: np.nd
     lengths = np.bincount(codes, minlength=n_ids).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     first_row = np.unique(codes, return_index=True)[1]
-    ids = _objects(uniques.tolist() if hasattr(uniques, "tolist") else list(uniques))
+    ids = _objects(list(uniques))  # factorize of an object array keeps the Python values
 
     where = lambda k: f"{table.row(k)} (id {_q(row_ids[k])})"  # noqa: E731
     vals, nmissing, nan_cols = _numeric_columns(table, s.features, where, allow_missing, "long")
@@ -934,7 +955,7 @@ def _detect(
         elif time_col is not None:
             layout, why = "long", "--time-col was given"
         elif n_ids < len(df):
-            layout, why = "long", f"column {_q(found_id)} repeats its values, {n_ids:,} ids over {len(df):,} rows"
+            layout, why = "long", f"column {_q(found_id)} repeats its values, {_plural(n_ids, 'id')} over {len(df):,} rows"
         else:
             why = "one sample per row: no list columns and no id column with repeated values"
             layout = "wide"
@@ -1100,7 +1121,7 @@ def load(
         x, lengths, ids, nmissing, nan_cols = build(table, s, allow_missing)
         labels = row_labels  # one row per sample
 
-    if ids is not None and s.layout != "long" and pd.Series(ids).duplicated().any():
+    if ids is not None and s.layout != "long" and len(_factorize(ids, table, "id", s.id_col)[1]) < len(ids):
         notes.append(f"{table.name}: id column {_q(s.id_col)} repeats values; ids are reported as they are")
     if labels is not None:
         _, classes = _factorize(labels, table, "label", s.label)

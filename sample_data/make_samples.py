@@ -9,7 +9,7 @@ reversals of one another and have the same distribution of values.
 
 - gestures: 3-axis accelerometer (m/s^2), 32-72 steps, 4 classes.
   right / left: a swipe along x, push-then-brake vs brake-then-push.
-  cw / ccw: a circle; x and y rotate one full turn, clockwise vs counter-clockwise.
+  cw / ccw: a circle; x and y rotate about one turn, clockwise vs counter-clockwise.
   Written twice with the same samples: long CSV and list-column Parquet.
 - sensor: one reading per step (100 steps), 3 classes, wide CSV.
   normal: slow wave plus correlated noise.
@@ -51,33 +51,36 @@ def gesture(rng: np.random.Generator, cls: str) -> np.ndarray:
     length = int(rng.integers(32, 73))
     t = np.arange(length)
     # the gesture fills part of the recording, starting anywhere
-    dur = int(round(length * rng.uniform(0.55, 0.85)))
+    dur = int(round(length * rng.uniform(0.45, 0.85)))
     start = int(rng.integers(0, length - dur + 1))
     u = np.clip((t - start) / max(dur - 1, 1), 0.0, 1.0)  # 0..1 inside the gesture
     inside = (t >= start) & (t < start + dur)
     warp = rng.uniform(-0.6, 0.6)
     w = u + warp * u * (1 - u)  # monotone random time warp
-    amp = rng.uniform(2.0, 5.0)
+    amp = rng.uniform(1.5, 4.0)
     acc = np.zeros((length, 3))
     if cls in ("right", "left"):
         sign = 1.0 if cls == "right" else -1.0
         push = sign * amp * np.sin(2 * np.pi * w)  # accelerate, then brake
-        slant = rng.uniform(-0.35, 0.35)  # swipes are never quite horizontal
+        slant = rng.uniform(-0.5, 0.5)  # swipes are never quite horizontal
         acc[:, 0], acc[:, 1] = push, slant * push
     else:
         turn = 1.0 if cls == "ccw" else -1.0
         phase = rng.uniform(0, 2 * np.pi)
-        theta = phase + turn * 2 * np.pi * w
+        theta = phase + turn * rng.uniform(0.8, 1.2) * 2 * np.pi * w  # about one turn
         env = np.sin(np.pi * u) ** 0.5  # ease in and out
         acc[:, 0] = amp * env * np.cos(theta)
-        acc[:, 1] = amp * env * np.sin(theta)
+        acc[:, 1] = amp * env * np.sin(theta) * rng.uniform(0.6, 1.0)  # an ellipse, more or less round
     acc[:, 2] = rng.uniform(0.3, 1.2) * np.sin(np.pi * u) * rng.choice([-1, 1])  # a small lift or dip
     acc *= inside[:, None] * rng.uniform(0.85, 1.15, size=3)  # per-axis gain
+    if rng.random() < 0.5:  # a jolt: a short bump on one axis, anywhere
+        at, width = rng.integers(0, length), rng.uniform(1.0, 2.5)
+        acc[:, rng.integers(0, 3)] += rng.choice([-1, 1]) * rng.uniform(1.0, 2.5) * np.exp(-0.5 * ((t - at) / width) ** 2)
     # gravity, with the device held at a slight tilt
     roll, pitch = np.radians(rng.normal(0, 8, size=2))
     gravity = 9.81 * np.array([np.sin(pitch), -np.sin(roll) * np.cos(pitch), np.cos(roll) * np.cos(pitch)])
-    tremor = rng.uniform(0.05, 0.25) * np.sin(2 * np.pi * rng.uniform(0.18, 0.3) * t + rng.uniform(0, 6.3))
-    noise = rng.normal(0, rng.uniform(0.15, 0.45), size=(length, 3))
+    tremor = rng.uniform(0.05, 0.4) * np.sin(2 * np.pi * rng.uniform(0.18, 0.3) * t + rng.uniform(0, 6.3))
+    noise = rng.normal(0, rng.uniform(0.25, 0.7), size=(length, 3))
     return _quantise(acc + gravity + tremor[:, None] + noise)
 
 

@@ -6,7 +6,6 @@ All inputs are real files written into tmp_path (CSV text, or Parquet via pyarro
 from __future__ import annotations
 
 import gzip
-import math
 import time
 from pathlib import Path
 
@@ -457,6 +456,9 @@ def test_utf16_csv(tmp_path):
 def test_corrupt_gzip(tmp_path):
     (tmp_path / "z.csv.gz").write_bytes(b"not gzip at all")
     fails(tmp_path / "z.csv.gz", "z.csv.gz", "gzip")
+    whole = gzip.compress(("a,b,label\n" + "1.5,2.5,x\n3,4,y\n" * 20000).encode())
+    (tmp_path / "cut.csv.gz").write_bytes(whole[: len(whole) // 2])
+    fails(tmp_path / "cut.csv.gz", "cut.csv.gz", "complete")
 
 
 def test_truncated_parquet(tmp_path):
@@ -632,6 +634,10 @@ def test_id_column_with_missing_values(tmp_path):
 
 def test_long_layout_without_any_id_column(tmp_path):
     fails(write(tmp_path / "l.csv", "k,a,label\n1,1,x\n"), "l.csv", "id column", "--id-col", layout="long")
+
+
+def test_duplicate_column_names_in_csv(tmp_path):
+    fails(write(tmp_path / "d.csv", "a,b,a,label\n1,2,3,x\n"), "d.csv", "'a'", "repeat")
 
 
 def test_duplicate_column_names_in_parquet(tmp_path):

@@ -38,6 +38,10 @@ def _check_eps(eps: object) -> None:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)  # skips the dispatch when nothing changes
+
+
 def _check_input(x: Tensor, norm_axis: int) -> int:
     """Validate ``x`` against ``norm_axis``; return the axis as a non-negative index."""
     if not isinstance(x, Tensor):
@@ -113,10 +117,12 @@ class _HeadAttention(nn.Module):
             raise ValueError(
                 f"the normalised axis has length {L}, fewer than num_heads={H}: every head needs at least one position"
             )
+        if x.numel() == 0:  # an empty batch: nothing to normalise
+            return x.clone(), torch.zeros_like(x)
         P = math.prod(shape[:axis])
         Q = math.prod(shape[axis + 1 :])
         cdtype = torch.promote_types(x.dtype, torch.float32)  # statistics never in half precision
-        x3 = x.to(cdtype).reshape(P, L, Q)  # (P, L, Q)
+        x3 = _as(x, cdtype).reshape(P, L, Q)  # (P, L, Q)
         v3 = None
         if valid is not None:
             vshape = (1,) * (x.dim() - valid.dim()) + tuple(valid.shape)
@@ -134,31 +140,32 @@ class _HeadAttention(nn.Module):
         for first, nh, n in groups:
             lo, hi = first * chunk, first * chunk + nh * n
             xg = x3[:, lo:hi].reshape(P, nh, n, Q)  # (P, H, N, Q)
-            vg = None if v3 is None else v3[:, lo:hi].reshape(v3.shape[0], nh, n, v3.shape[2])
+            vg = None if v3 is None else v3[:, lo:hi].reshape(v3.shape[0], nh, n, v3.shape[2])  # (P|1, H, N, Q|1)
             out, w = self._kernel(xg, vg, heads[first : first + nh], cdtype, residual)
             outs.append(out.reshape(P, nh * n, Q))  # (P, N*H, Q)
             ws.append(w.reshape(P, nh * n, Q))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (P, L, Q)
         w = ws[0] if len(ws) == 1 else torch.cat(ws, dim=1)
-        return out.reshape(shape).to(x.dtype), w.reshape(shape).to(x.dtype)  # (B...)
+        return _as(out.reshape(shape), x.dtype), _as(w.reshape(shape), x.dtype)  # (B...)
 
     def _kernel(
         self,
         x: Tensor,
-        valid: Optional[Tensor],
+        vf: Optional[Tensor],
         heads: Sequence["GaussianAdaptiveAttention"],
         cdtype: torch.dtype,
         residual: bool,
     ) -> tuple[Tensor, Tensor]:
+        """One call for a group of heads of equal length: x is (P, H, N, Q), vf 0/1 or None."""
         eps = self._head_eps()
         if self.mixture:
             m = torch.stack([h.mean_offsets for h in heads]).to(cdtype)  # (H, G)
             c = torch.stack([h.c for h in heads]).to(cdtype)
             logits = torch.stack([h.mixture_logits for h in heads]).to(cdtype)
-            return gaussian_mixture_attention(x, valid, m, c, logits, eps, residual)
-        ms = [h.mean_offsets.to(cdtype) for h in heads]
-        cs = [h.c.to(cdtype) for h in heads]
-        return gaussian_product_attention(x, valid, ms, cs, eps, residual)
+            return gaussian_mixture_attention(x, vf, m, c, logits, eps, residual)
+        ms = [_as(h.mean_offsets, cdtype) for h in heads]
+        cs = [_as(h.c, cdtype) for h in heads]
+        return gaussian_product_attention(x, vf, ms, cs, eps, residual)
 
 
 class GaussianAdaptiveAttention(_HeadAttention):

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import shutil
 import sys
 import time
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GaaError, UsageError
+
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """Click's exception `name`, from click and from the copy newer Typer versions vendor (typer._click)."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_EXITS = (typer.Exit, *_click_classes("Exit"))
+_ABORTS = (typer.Abort, *_click_classes("Abort"))
+_USAGE_ERRORS = _click_classes("UsageError")
+_CLICK_ERRORS = _click_classes("ClickException")
 
 app = typer.Typer(
     name="gaa",
@@ -65,7 +83,7 @@ def _reported() -> Iterator[None]:
 
     try:
         yield
-    except (typer.Exit, click.exceptions.Exit):
+    except _EXITS:
         raise
     except Interrupted as e:
         _say("interrupted", f"saved a resumable checkpoint at {e.path}; continue with: gaa train --resume {e.path.parent}")
@@ -139,22 +157,23 @@ def train(
     weight_decay: Annotated[OptFloat, typer.Option(help="AdamW weight decay [default: 1e-2].", rich_help_panel="Training")] = None,
     label_smoothing: Annotated[OptFloat, typer.Option(help="Label smoothing [default: 0.1].", rich_help_panel="Training")] = None,
     patience: Annotated[OptInt, typer.Option(help="Stop after this many epochs without validation gain; 0 = never.", rich_help_panel="Training")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random scaling and jitter during training [default: on].", rich_help_panel="Training")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random per-channel scaling and jitter during training [default: on].", rich_help_panel="Training")] = None,
     seed: Annotated[OptInt, typer.Option(help="Random seed [default: 0].", rich_help_panel="Training")] = None,
-    width: Annotated[OptInt, typer.Option(help="Width of the convolutional stem [default: from the data].", rich_help_panel="Model")] = None,
-    stem_layers: Annotated[OptInt, typer.Option(help="Dilated conv layers in the stem [default: 3].", rich_help_panel="Model")] = None,
+    width: Annotated[OptInt, typer.Option(help="Width of the convolutional stem [default: 64].", rich_help_panel="Model")] = None,
+    stride: Annotated[OptInt, typer.Option(help="Time downsampling in the first convolution [default: ceil(length / 256)].", rich_help_panel="Model")] = None,
+    stem_layers: Annotated[OptInt, typer.Option(help="Dilated residual conv layers after the first [default: 3].", rich_help_panel="Model")] = None,
     kernel_size: Annotated[OptInt, typer.Option(help="Conv kernel size [default: 7].", rich_help_panel="Model")] = None,
-    gaa_layers: Annotated[OptInt, typer.Option(help="GaussianBlock layers; 0 removes the block [default: 2].", rich_help_panel="Model")] = None,
-    gaa_heads: Annotated[OptInt, typer.Option(help="Heads per GaussianBlock layer [default: 4].", rich_help_panel="Model")] = None,
-    gaa_gaussians: Annotated[OptInt, typer.Option(help="Gaussians per head [default: 4].", rich_help_panel="Model")] = None,
+    gaa_layers: Annotated[OptInt, typer.Option(help="GaussianBlock layers; 0 replaces the block by the identity [default: 1].", rich_help_panel="Model")] = None,
+    gaa_heads: Annotated[OptInt, typer.Option(help="Heads per GaussianBlock layer [default: 1].", rich_help_panel="Model")] = None,
+    gaa_gaussians: Annotated[OptInt, typer.Option(help="Gaussians per head [default: 2].", rich_help_panel="Model")] = None,
     gaa_axes: Annotated[Optional[Axes], typer.Option(help="What the GaussianBlock normalises over [default: time].", rich_help_panel="Model")] = None,
     gaa_mixture: Annotated[Optional[bool], typer.Option("--gaa-mixture/--gaa-product", help="Mixture of Gaussians instead of their product [default: product].", rich_help_panel="Model")] = None,
-    dropout: Annotated[OptFloat, typer.Option(help="Dropout before the head [default: 0.1].", rich_help_panel="Model")] = None,
+    dropout: Annotated[OptFloat, typer.Option(help="Dropout before the head [default: 0].", rich_help_panel="Model")] = None,
 ) -> None:
     """Train a classifier and write checkpoints, metrics and the resolved config to a run directory."""
     from .runs import TrainRequest, run_training
 
-    model_opts = dict(width=width, stem_layers=stem_layers, kernel_size=kernel_size, gaa_layers=gaa_layers, gaa_heads=gaa_heads,
+    model_opts = dict(width=width, stride=stride, stem_layers=stem_layers, kernel_size=kernel_size, gaa_layers=gaa_layers, gaa_heads=gaa_heads,
                       gaa_gaussians=gaa_gaussians, gaa_axes=gaa_axes.value if gaa_axes else None, gaa_mixture=gaa_mixture, dropout=dropout)
     train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
                       val_split=val_split, patience=patience, augment=augment, seed=seed, device=device)
@@ -211,10 +230,20 @@ def evaluate(
         loaded = load_model(checkpoint, device)
         report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, label=label))
         _notes(notes)
-        if as_json:
-            out.file.write(json.dumps(report) + "\n")
+        if as_json:  # strict JSON: an undefined metric (no known labels) is null, not NaN
+            out.file.write(json.dumps(_finite_or_null(report), allow_nan=False) + "\n")
             return
         _print_report(report)
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _print_report(r: dict) -> None:
@@ -256,6 +285,8 @@ def predict(
     with _reported():
         if fmt is Format.parquet and output is None:
             raise UsageError("--format parquet writes binary data; pass --output FILE.parquet")
+        if output is not None and output.is_dir():
+            raise UsageError(f"{output}: is a folder; give --output a file name, e.g. {output / ('predictions.' + fmt.value)}")
         if output is not None and output.exists() and not force:
             raise UsageError(f"{output}: already exists; pass --force to overwrite it or choose another --output")
         loaded = load_model(checkpoint, device)
@@ -264,20 +295,45 @@ def predict(
         write_predictions(frame, fmt.value, output, sys.stdout)
 
 
+def _given_value(e: Exception, args: list[str]) -> Optional[str]:
+    """The value the user gave the option a click error is about, if the message does not show it."""
+    found = None
+    for opt in getattr(getattr(e, "param", None), "opts", None) or []:
+        if not opt.startswith("-"):
+            continue
+        for i, a in enumerate(args):  # the last one given is the one used
+            if a == opt and i + 1 < len(args):
+                found = args[i + 1]
+            elif a.startswith(opt + "="):
+                found = a[len(opt) + 1 :]
+    return found
+
+
 def main() -> None:
     """Entry point of `gaa` and `python -m gaa_cli`: one-line usage errors, stable exit codes."""
     try:
         rc = app(prog_name="gaa", standalone_mode=False)
-    except click.exceptions.UsageError as e:
-        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
-        _say("error", f"{e.format_message()}{hint}")
+    except _USAGE_ERRORS as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `gaa`: the help (Typer has printed it already)
+            if e.format_message().strip():
+                sys.stdout.write(e.format_message() + "\n")
+            sys.exit(e.exit_code)
+        message = " ".join(e.format_message().split())
+        value = _given_value(e, sys.argv[1:])
+        if value is not None and repr(value) not in message:
+            message += f" (got {value!r})"
+        hint = f" (see: {e.ctx.command_path} --help)" if getattr(e, "ctx", None) is not None else ""
+        _say("error", f"{message}{hint}")
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except _ABORTS:
         _say("interrupted", "stopped by Ctrl-C")
         sys.exit(EXIT_INTERRUPTED)
-    except click.exceptions.Exit as e:
+    except _EXITS as e:
         sys.exit(e.exit_code)
-    except click.exceptions.ClickException as e:
-        _say("error", e.format_message())
+    except _CLICK_ERRORS as e:
+        _say("error", " ".join(e.format_message().split()))
+        sys.exit(e.exit_code)
+    except GaaError as e:  # only with --debug: the traceback, then the same exit code as without
+        traceback.print_exc()
         sys.exit(e.exit_code)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -25,21 +25,24 @@ from .errors import UsageError
 __all__ = ["ModelConfig", "TrainConfig", "DataShape", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate"]
 
 AXES = ("time", "features", "both")
+MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
+TARGET_STEPS = 500  # optimiser steps of a default run
 
 
 @dataclass
 class ModelConfig:
-    """The classifier around a GaussianBlock (see model.py)."""
+    """The classifier around a GaussianBlock (see model.py). None = chosen from the data's shape."""
 
     width: int | None = None  # channels of the convolutional stem
-    stem_layers: int = 3  # dilated residual conv layers before attention
-    kernel_size: int = 7  # convolution kernel size of the stem
-    gaa_layers: int = 2  # layers in the GaussianBlock
-    gaa_heads: int = 4  # heads per GaussianBlock layer
-    gaa_gaussians: int = 4  # Gaussians per head
+    stride: int | None = None  # time downsampling in the first convolution (long series)
+    stem_layers: int = 3  # dilated residual conv layers after the first convolution
+    kernel_size: int = 7  # convolution kernel size
+    gaa_layers: int = 1  # layers in the GaussianBlock (0 = identity, for ablations)
+    gaa_heads: int = 1  # heads per GaussianBlock layer
+    gaa_gaussians: int = 2  # Gaussians per head
     gaa_axes: str = "time"  # what the block normalises over: time, features or both
     gaa_mixture: bool = False  # true mixture of Gaussians instead of their product
-    dropout: float = 0.1  # dropout before the classification head
+    dropout: float = 0.0  # dropout before the classification head
 
 
 @dataclass
@@ -73,23 +76,29 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
     model = dataclasses.replace(model)
     train = dataclasses.replace(train)
     if model.width is None:
-        model.width = 64 if shape.channels <= 16 else 128
+        model.width = 64
+    if model.stride is None:
+        model.stride = max(1, math.ceil(shape.length / MAX_STEPS))
     if train.batch_size is None:
-        train.batch_size = int(min(64, max(8, 2 ** round(math.log2(max(shape.n_samples, 1) / 8)))))
-    if train.epochs is None:
-        # aim at a fixed number of optimiser steps, whatever the data's size
-        steps_per_epoch = math.ceil(shape.n_samples / train.batch_size)
-        train.epochs = int(min(200, max(20, 1500 // steps_per_epoch)))
+        train.batch_size = min(32, shape.n_samples)
     if train.val_split is None:
-        train.val_split = 0.0 if shape.n_samples < 100 else 0.15
+        train.val_split = 0.0 if shape.n_samples < 300 else 0.1  # small sets need every sample for training
+    if train.epochs is None:
+        # a fixed budget of optimiser steps, whatever the data's size, but at least a few passes
+        steps_per_epoch = math.ceil(shape.n_samples * (1 - train.val_split) / train.batch_size)
+        train.epochs = int(min(500, max(10, math.ceil(TARGET_STEPS / steps_per_epoch))))
     if train.patience is None:
-        train.patience = 0 if train.val_split == 0 else max(10, train.epochs // 4)
+        train.patience = 0 if train.val_split == 0 else max(10, train.epochs // 3)
     return model, train
 
-def validate(model: ModelConfig, train: TrainConfig) -> None:
-    """Refuse values no run could use, naming the option."""
+
+def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | None = None) -> None:
+    """Refuse values no run could use, naming the option, or the key in `where`["model"] / `where`["train"]."""
 
     def bad(name: str, value: Any, want: str) -> UsageError:
+        if where is not None:
+            table = "model" if name in {f.name for f in fields(ModelConfig)} else "train"
+            return UsageError(f"{where[table]}: '{name}' = {value!r}: must be {want}")
         return UsageError(f"--{name.replace('_', '-')} {value}: must be {want}")
 
     for name, lo, hi in (("epochs", 1, 100_000), ("batch_size", 1, 1_000_000), ("patience", 0, 100_000)):
@@ -106,12 +115,17 @@ def validate(model: ModelConfig, train: TrainConfig) -> None:
         raise bad("val_split", train.val_split, "at least 0 and below 1")
     if not 0 <= model.dropout < 1:
         raise bad("dropout", model.dropout, "at least 0 and below 1")
-    for name, lo, hi in (("width", 1, 4096), ("stem_layers", 0, 12), ("kernel_size", 1, 255), ("gaa_layers", 0, 16), ("gaa_heads", 1, 64), ("gaa_gaussians", 1, 64)):
+    for name, lo, hi in (("width", 1, 4096), ("stride", 1, 1024), ("stem_layers", 0, 12), ("kernel_size", 1, 255), ("gaa_layers", 0, 16), ("gaa_heads", 1, 64), ("gaa_gaussians", 1, 64)):
         v = getattr(model, name)
         if v is not None and not lo <= v <= hi:
             raise bad(name, v, f"an integer from {lo} to {hi}")
     if model.gaa_axes not in ("time", "features", "both"):
         raise bad("gaa_axes", model.gaa_axes, "time, features or both")
+    if not 0 <= train.seed <= 2**63 - 1:  # what both numpy and torch accept
+        raise bad("seed", train.seed, f"an integer from 0 to {2**63 - 1}")
+    device = train.device.strip().lower()
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise bad("device", train.device, "auto, cpu, cuda or cuda:N")
 
 
 # --- reading and writing -----------------------------------------------------------
@@ -162,8 +176,9 @@ def load_toml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if not isinstance(data.get(table, {}), dict):
             raise UsageError(f"{path}: '{table}' must be a table ([{table}])")
     model, train = data.get("model", {}), data.get("train", {})
-    from_dict(ModelConfig, model, f"{path} [model]")  # validate early, with the file's name
-    from_dict(TrainConfig, train, f"{path} [train]")
+    # validate early, with the file's name
+    where = {"model": f"{path} [model]", "train": f"{path} [train]"}
+    validate(from_dict(ModelConfig, model, where["model"]), from_dict(TrainConfig, train, where["train"]), where)
     return model, train
 
 

@@ -1,7 +1,12 @@
-"""The sequence classifier: a convolutional stem, a GaussianBlock, masked pooling, a linear head.
+"""The sequence classifier: a dilated convolutional stem, a GaussianBlock, pooling, a linear head.
 
-Shapes: B batch, T time steps, C input channels, W stem width, K classes.
+Shapes: B batch, T time steps, C input channels, W stem width, K classes,
+T' = ceil(T / stride) steps after the stem.
 The model takes normalised inputs and returns logits; it never touches files.
+
+The GaussianBlock computes x + sum_l x * w_l, with attention weights w_l that sum to one
+over the valid steps (norm axis: time). Summing what the block adds over time is a
+learned Gaussian attention pooling; it sits beside plain mean pooling before the head.
 """
 
 from __future__ import annotations
@@ -16,20 +21,22 @@ from .config import ModelConfig
 
 __all__ = ["SequenceClassifier", "MIN_LENGTH"]
 
-MIN_LENGTH = 2  # the attention's variance over time needs two steps
+MIN_LENGTH = 2  # the attention's statistics over time need two steps
 
 
 class ConvLayer(nn.Module):
-    """A dilated, residual 1-D convolution that keeps padded steps at zero."""
+    """Conv -> BatchNorm -> ReLU over (B, W, T), re-zeroing padded steps; residual when shapes allow."""
 
-    def __init__(self, width: int, kernel_size: int, dilation: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int = 1, stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(width, width, kernel_size, dilation=dilation, padding="same")
-        self.norm = nn.GroupNorm(1, width)
+        self.conv = nn.Conv1d(c_in, c_out, kernel_size, stride=stride, dilation=dilation, padding=dilation * (kernel_size // 2))
+        self.norm = nn.BatchNorm1d(c_out)
+        self.residual = c_in == c_out and stride == 1
 
     def forward(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        # h: (B, W, T), keep: (B, 1, T) float
-        return h + F.gelu(self.norm(self.conv(h))) * keep
+        # h: (B, W_in, T_in), keep: (B, 1, T_out) float
+        z = F.relu(self.norm(self.conv(h)))[..., : keep.shape[-1]] * keep  # (B, W, T_out)
+        return z + h if self.residual else z
 
 
 class SequenceClassifier(nn.Module):
@@ -37,38 +44,34 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, cfg: ModelConfig, channels: int, n_classes: int) -> None:
         super().__init__()
-        assert cfg.width is not None, "resolve the config before building the model"
-        w = cfg.width
+        assert cfg.width is not None and cfg.stride is not None, "resolve the config before building the model"
+        w, k = cfg.width, cfg.kernel_size
         self.cfg = cfg
-        self.inp = nn.Conv1d(channels, w, cfg.kernel_size, padding="same")
-        self.stem = nn.ModuleList(ConvLayer(w, cfg.kernel_size, 2**i) for i in range(cfg.stem_layers))
+        self.inp = ConvLayer(channels, w, k, stride=cfg.stride)
+        self.stem = nn.ModuleList(ConvLayer(w, w, k, dilation=2 ** (i + 1)) for i in range(cfg.stem_layers))
         axes = {"time": [1], "features": [2], "both": [1, 2]}[cfg.gaa_axes]
-        norm_axes = [axes[i % len(axes)] for i in range(cfg.gaa_layers)]
+        n = cfg.gaa_layers
         self.gaa = (
-            GaussianBlock(
-                norm_axes,
-                [cfg.gaa_heads] * cfg.gaa_layers,
-                [cfg.gaa_gaussians] * cfg.gaa_layers,
-                cfg.gaa_layers,
-                mixture=cfg.gaa_mixture,
-            )
-            if cfg.gaa_layers > 0
-            else None
+            GaussianBlock([axes[i % len(axes)] for i in range(n)], [cfg.gaa_heads] * n, [cfg.gaa_gaussians] * n, n, mixture=cfg.gaa_mixture)
+            if n > 0
+            else None  # the ablation: identity instead of the block
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * w, n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x: (B, T, C), mask: (B, T) bool
-        keep = mask[:, None, :].to(x.dtype)  # (B, 1, T)
-        h = self.inp(x.transpose(1, 2)) * keep  # (B, W, T)
+        mask = mask[:, :: self.cfg.stride]  # (B, T')
+        keep = mask[:, None, :].to(x.dtype)  # (B, 1, T')
+        h = self.inp(x.transpose(1, 2), keep)  # (B, W, T')
         for layer in self.stem:
             h = layer(h, keep)
-        h = h.transpose(1, 2)  # (B, T, W)
+        h = h.transpose(1, 2)  # (B, T', W)
+        n = mask.sum(1, keepdim=True).clamp_min(1).to(h.dtype)  # (B, 1)
+        mean = h.sum(1) / n  # (B, W); padded steps are 0
         if self.gaa is not None:
-            h = self.gaa(h, mask=mask[:, :, None])  # (B, T, W)
-        valid = mask[:, :, None]  # (B, T, 1)
-        n = valid.sum(1).clamp_min(1)  # (B, 1)
-        mean = (h * valid).sum(1) / n  # (B, W)
-        top = h.masked_fill(~valid, float("-inf")).amax(1)  # (B, W)
-        return self.head(self.drop(torch.cat([mean, top], dim=1)))  # (B, K)
+            added = self.gaa(h, mask=mask[:, :, None]) - h  # (B, T', W), 0 at padded steps
+            att = added.sum(1) if self.cfg.gaa_axes != "features" else added.sum(1) / n  # (B, W)
+        else:
+            att = torch.zeros_like(mean)
+        return self.head(self.drop(torch.cat([mean, att], dim=1)))  # (B, K)

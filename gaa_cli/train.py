@@ -31,6 +31,8 @@ from .errors import DataError, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 
+SAVE_EVERY_S = 10.0  # the last checkpoint and metrics.jsonl are rewritten at most this often (and at the end)
+
 __all__ = ["Interrupted", "resolve_device", "Tensors", "to_tensors", "predict_proba", "fit", "TrainResult"]
 
 
@@ -120,7 +122,7 @@ def augment(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.
     """Random per-sample, per-channel scaling plus a little jitter, on real steps only."""
     b, _, c = x.shape
     scale = 1 + 0.1 * torch.randn(b, 1, c, generator=gen)
-    noise = 0.03 * torch.randn(x.shape, generator=gen)
+    noise = 0.05 * torch.randn(x.shape, generator=gen)
     return (x * scale + noise) * mask[:, :, None]
 
 
@@ -245,6 +247,7 @@ def fit(
         meta["resume"] = {"loop": loop, "fingerprint": fingerprint, "param_groups": _param_groups(opt)}
         path = run_dir / ckpt_io.LAST
         ckpt_io.save(path, ckpt_io.Checkpoint(meta, model.state_dict(), state))
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["history"]))
         return path
 
     def save_best(epoch: int, metrics: dict) -> None:
@@ -276,6 +279,7 @@ def fit(
         disable=not show_progress,
         transient=False,
     )
+    saved_at = time.perf_counter()
     try:
         with progress:
             task = progress.add_task("train", total=total_steps, completed=loop["epoch"] * steps_per_epoch + loop["step"], epoch="-", loss="-", val="-")
@@ -321,14 +325,19 @@ def fit(
                 improved = val_t is None or (metrics["val_acc"], -metrics["val_loss"]) > (loop["best_acc"], -loop["best_loss"])
                 if improved:
                     loop.update(best_epoch=epoch + 1, best_acc=metrics.get("val_acc", -1.0), best_loss=metrics.get("val_loss", math.inf), bad_epochs=0)
-                    save_best(epoch + 1, metrics)
+                    if val_t is not None:
+                        save_best(epoch + 1, metrics)
                 else:
                     loop["bad_epochs"] += 1
-                atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in loop["history"]))
                 if val_t is not None:
                     progress.update(task, val=f"{metrics['val_acc']:.3f}")
                 done = epoch + 1 == train_cfg.epochs or (train_cfg.patience > 0 and loop["bad_epochs"] >= train_cfg.patience)
-                save_last(epoch + 1, 0)
+                if val_t is None and done:  # without validation the best model is the final one
+                    save_best(epoch + 1, metrics)
+                # short epochs would spend more time writing than training: save every few seconds
+                if done or time.perf_counter() - saved_at >= SAVE_EVERY_S:
+                    save_last(epoch + 1, 0)
+                    saved_at = time.perf_counter()
                 if done:
                     break
     finally:

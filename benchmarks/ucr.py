@@ -1,0 +1,155 @@
+"""gaa against MiniRocket on real UCR/UEA data, through the real CLI.
+
+For each dataset bundled inside the aeon wheel (loaded offline from aeon's own
+datasets/data folder), the TRAIN and TEST splits are written to Parquet (list
+layout: one list column per channel), then
+  - `gaa train TRAIN.parquet` with default settings and `gaa evaluate --json` on TEST,
+    once per seed, as subprocesses;
+  - the same recipe with the GaussianBlock replaced by the identity (`--gaa-layers 0`),
+    for the first `--ablation-seeds` seeds (default 1, to keep a run short);
+  - aeon's MiniRocketClassifier (defaults, random_state=0) on the same split.
+Variable-length sets (JapaneseVowels) go to gaa as they are; MiniRocket gets a
+copy in which every series is padded to the longest length by repeating its
+last value (MiniRocket needs equal lengths).
+
+    pip install -e ".[bench]"
+    python benchmarks/ucr.py                       # the five datasets, seeds 0 1 2
+    python benchmarks/ucr.py --datasets GunPoint --seeds 0 --no-ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATASETS = ["GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions", "JapaneseVowels"]
+
+
+def aeon_data_dir() -> Path:
+    import aeon
+
+    return Path(aeon.__file__).parent / "datasets" / "data"
+
+
+def load_split(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Series as a list of (C, T_i) float arrays, and the labels; read from aeon's bundled .ts files."""
+    from aeon.datasets import load_from_ts_file
+
+    path = aeon_data_dir() / name / f"{name}_{split}.ts"
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found; this aeon wheel does not bundle {name}")
+    X, y = load_from_ts_file(str(path))
+    series = [np.asarray(x, dtype=np.float64) for x in X]  # each (C, T_i)
+    return series, np.asarray(y).astype(str)
+
+
+def write_parquet(series: list[np.ndarray], y: np.ndarray, path: Path) -> None:
+    channels = series[0].shape[0]
+    columns = {"series_id": pa.array([f"s{i:05d}" for i in range(len(series))])}
+    for c in range(channels):
+        columns[f"c{c}"] = pa.array([s[c].tolist() for s in series], type=pa.list_(pa.float64()))
+    columns["label"] = pa.array(y.tolist())
+    pq.write_table(pa.table(columns), path)
+
+
+def pad_edge(series: list[np.ndarray], length: int) -> np.ndarray:
+    """(N, C, length): each series padded at the end by repeating its last value."""
+    return np.stack([np.pad(s, ((0, 0), (0, length - s.shape[1])), mode="edge") for s in series])
+
+
+def gaa(*args: str, threads: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    r = subprocess.run([sys.executable, "-m", "gaa_cli", *map(str, args)], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"gaa {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr}")
+    return r
+
+
+def run_gaa(train: Path, test: Path, run_dir: Path, seed: int, extra: list[str], threads: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    gaa("train", train, "--out", run_dir, "--seed", seed, "--quiet", "--force", *extra, threads=threads)
+    seconds = time.perf_counter() - t0
+    report = json.loads(gaa("evaluate", run_dir, test, "--json", threads=threads).stdout)
+    return report["accuracy"], seconds
+
+
+def run_minirocket(train: tuple, test: tuple) -> tuple[float, float]:
+    from aeon.classification.convolution_based import MiniRocketClassifier
+
+    length = max(s.shape[1] for s in train[0] + test[0])
+    x_train, x_test = pad_edge(train[0], length), pad_edge(test[0], length)
+    clf = MiniRocketClassifier(random_state=0)
+    t0 = time.perf_counter()
+    clf.fit(x_train, train[1])
+    seconds = time.perf_counter() - t0
+    return float((clf.predict(x_test) == test[1]).mean()), seconds
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=DATASETS, help="subset of datasets (any classification set in aeon's data folder)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--no-ablation", action="store_true", help="skip the identity-instead-of-GaussianBlock runs")
+    p.add_argument("--ablation-seeds", type=int, default=1, help="how many of the seeds the ablation runs (default: the first)")
+    p.add_argument("--no-minirocket", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work-dir", type=Path, default=None, help="keep Parquet files and runs here (default: a temporary folder)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="gaa-ucr-"))
+    rows = []
+    header = f"{'dataset':<18} {'gaa acc':>17} {'MiniRocket':>10} {'gaa train s':>12} {'MR fit s':>9} {'no-GAA acc':>17} {'GAA - none':>10}"
+    print(header, flush=True)
+    for name in args.datasets:
+        train, test = load_split(name, "TRAIN"), load_split(name, "TEST")
+        folder = work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        write_parquet(*train, folder / "train.parquet")
+        write_parquet(*test, folder / "test.parquet")
+        accs, secs, ablated = [], [], []
+        for seed in args.seeds:
+            a, s = run_gaa(folder / "train.parquet", folder / "test.parquet", folder / f"run-{seed}", seed, [], args.threads)
+            accs.append(a)
+            secs.append(s)
+            if not args.no_ablation and len(ablated) < args.ablation_seeds:
+                a0, _ = run_gaa(folder / "train.parquet", folder / "test.parquet", folder / f"ablation-{seed}", seed, ["--gaa-layers", "0"], args.threads)
+                ablated.append(a0)
+        mr_acc, mr_sec = run_minirocket(train, test) if not args.no_minirocket else (float("nan"), float("nan"))
+        row = {"dataset": name, "gaa": accs, "gaa_seconds": secs, "minirocket": mr_acc, "minirocket_seconds": mr_sec, "ablation": ablated}
+        rows.append(row)
+        # the difference is taken over the seeds both ran
+        delta = f"{statistics.mean(accs[: len(ablated)]) - statistics.mean(ablated):+.4f}" if ablated else "-"
+        row["ablation_delta"] = statistics.mean(accs[: len(ablated)]) - statistics.mean(ablated) if ablated else None
+        print(f"{name:<18} {fmt(accs):>17} {mr_acc:>10.4f} {statistics.mean(secs):>12.1f} {mr_sec:>9.1f} {fmt(ablated) if ablated else '-':>17} {delta:>10}", flush=True)
+    mean = lambda key: statistics.mean(statistics.mean(r[key]) if isinstance(r[key], list) else r[key] for r in rows)  # noqa: E731
+    abl = f"{mean('ablation'):>17.4f} {statistics.mean(r['ablation_delta'] for r in rows):>+10.4f}" if not args.no_ablation else f"{'-':>17} {'-':>10}"
+    print(f"{'MEAN':<18} {mean('gaa'):>17.4f} {mean('minirocket'):>10.4f} {mean('gaa_seconds'):>12.1f} {mean('minirocket_seconds'):>9.1f} {abl}")
+    worst = min(statistics.mean(r["gaa"]) - r["minirocket"] for r in rows)
+    print(f"gaa mean - MiniRocket mean: {mean('gaa') - mean('minirocket'):+.4f}; worst dataset gap: {worst:+.4f}; per-seed spread is the ± (sample std over {len(args.seeds)} seeds)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -56,7 +56,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     val_split: float | None = None  # fraction of TRAIN held out for model selection (0 = none)
     patience: int | None = None  # epochs without improvement before stopping early (0 = never)
-    augment: bool = True  # random scaling, jitter and shifts during training
+    augment: bool = True  # random per-channel scaling and jitter during training
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda or cuda:N
 

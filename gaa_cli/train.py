@@ -322,6 +322,7 @@ def fit(
                     metrics["val_loss"] = float(-np.log(np.clip(probs[np.flatnonzero(ok), yv[ok]], 1e-15, 1)).mean()) if ok.any() else float("nan")
                 metrics["seconds"] = round(time.perf_counter() - t0, 3)
                 loop["history"].append(metrics)
+                loop.update(epoch=epoch + 1, step=0)
                 improved = val_t is None or (metrics["val_acc"], -metrics["val_loss"]) > (loop["best_acc"], -loop["best_loss"])
                 if improved:
                     loop.update(best_epoch=epoch + 1, best_acc=metrics.get("val_acc", -1.0), best_loss=metrics.get("val_loss", math.inf), bad_epochs=0)

@@ -85,7 +85,9 @@ def load(path: Path) -> Checkpoint:
     try:
         version = int(header.get("format_version", ""))
     except ValueError:
-        raise CheckpointError(f"{path}: checkpoint has an invalid format version {header.get('format_version')!r}") from None
+        raise CheckpointError(f"{path}: checkpoint has an invalid format version {header.get('format_version')!r}; the file is corrupted or from another tool") from None
+    if version < 1:
+        raise CheckpointError(f"{path}: checkpoint has an invalid format version {version}; the file is corrupted or from another tool")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this gaa understands ({FORMAT_VERSION}); upgrade gaa (pip install -U gaa)")
     try:
@@ -96,7 +98,8 @@ def load(path: Path) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{path}: checkpoint metadata lacks {', '.join(missing)}; the file is corrupted or from another tool")
     classes = meta["classes"]
-    if not isinstance(classes, list) or len(classes) < 2 or len(set(map(repr, classes))) != len(classes):
+    scalars = isinstance(classes, list) and all(isinstance(c, (str, int, float)) for c in classes)
+    if not scalars or len(classes) < 2 or len(set(map(repr, classes))) != len(classes):
         raise CheckpointError(f"{path}: checkpoint class list is invalid ({str(classes)[:80]}); the file is corrupted")
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}

@@ -628,7 +628,7 @@ def _row_labels(table: _Table, col: str) -> np.ndarray:
         )
     if pd.api.types.is_float_dtype(s.dtype):
         v = s.to_numpy(dtype=np.float64)
-        if np.all(np.mod(v, 1) == 0) and np.all(np.abs(v) < 2**53):
+        if np.isfinite(v).all() and np.all(np.mod(v, 1) == 0) and np.all(np.abs(v) < 2**53):
             s = pd.Series(v.astype(np.int64))  # labels written as 1.0, 2.0 are the classes 1, 2
     return _python_values(s)
 
@@ -685,7 +685,16 @@ def _time_key(table: _Table, col: str) -> np.ndarray:
             dates = pd.to_datetime(s.astype(object), errors="coerce", format="ISO8601", utc=True)
         if not dates.isna().any():
             return pd.factorize(dates, sort=True)[0].astype(np.float64)
-        bad = dates.isna().to_numpy()
+        not_date = dates.isna().to_numpy()
+        if not (bad & not_date).any():  # every cell is a number or a date, but not all the same kind
+            a, b = int(np.flatnonzero(~bad)[0]), int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{name}: time column {_q(col)} mixes numbers ({table.row(a)}: {_q(s.iloc[a])}) and dates "
+                f"({table.row(b)}: {_q(s.iloc[b])}); use one kind throughout"
+            )
+        bad = bad & not_date  # the first cell that is neither
+    except DataError:
+        raise
     except Exception:
         pass
     k = int(np.flatnonzero(bad)[0])
@@ -1058,6 +1067,7 @@ def load(
     need_labels: bool = True,
     allow_missing: bool = False,
     min_classes: int = 1,
+    min_length: int = 1,
 ) -> SequenceData:
     """Read a data file into padded sequences.
 
@@ -1077,6 +1087,7 @@ def load(
         need_labels: read labels; when False a label column is ignored.
         allow_missing: keep empty cells as NaN (counted in `missing`) instead of failing.
         min_classes: fewest distinct labels accepted (training passes 2).
+        min_length: fewest steps a sequence may have (the CLI passes what the model needs).
 
     Raises:
         DataError: the file cannot be read or does not fit the layout.
@@ -1121,6 +1132,16 @@ def load(
         x, lengths, ids, nmissing, nan_cols = build(table, s, allow_missing)
         labels = row_labels  # one row per sample
 
+    short = np.flatnonzero(lengths < min_length)
+    if len(short):
+        k = int(short[0])
+        where = f"id {_q(ids[k])}" if ids is not None else table.row(k)
+        fix = "give the file at least" if s.layout == "wide" else "remove them or give each at least"
+        unit = "time-step columns" if s.layout == "wide" else "steps"
+        raise DataError(
+            f"{table.name}: {_plural(len(short), 'sequence')} {'has' if len(short) == 1 else 'have'} fewer than "
+            f"{min_length} steps (first: {where}), but the model needs at least {min_length}; {fix} {min_length} {unit}"
+        )
     if ids is not None and s.layout != "long" and len(_factorize(ids, table, "id", s.id_col)[1]) < len(ids):
         notes.append(f"{table.name}: id column {_q(s.id_col)} repeats values; ids are reported as they are")
     if labels is not None:

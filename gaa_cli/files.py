@@ -26,6 +26,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise UsageError(f"{folder}: folder does not exist; create it or choose another output path") from None
     except PermissionError:
         raise UsageError(f"{folder}: folder is not writable; choose another output path") from None
+    except NotADirectoryError:
+        raise UsageError(f"{folder}: is not a folder (a file is in the way); choose another output path") from None
+    except OSError as e:
+        raise UsageError(f"{folder}: cannot write a file here ({e.strerror}); choose another output path") from None
     os.close(fd)
     try:
         write(Path(tmp))

@@ -13,10 +13,12 @@ import pandas as pd
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, from_dict, load_toml, merge, validate
-from .data import Schema, load
-from .errors import UsageError
+from .data import Schema, SequenceData, load
+from .errors import CheckpointError, DataError, GaaError, UsageError
 from .files import atomic_write, atomic_write_text
-from .train import TrainResult, fit
+from .inference import SAVED, check_checkpoint, reason
+from .model import MIN_LENGTH
+from .train import TrainResult, _fingerprint, fit, resolve_device
 
 __all__ = ["TrainRequest", "run_training", "write_predictions"]
 
@@ -69,6 +71,8 @@ def _prepare_run_dir(path: Path, force: bool) -> None:
 
 
 def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Callable[[list[str]], None]) -> TrainResult:
+    # Everything is checked before the run directory is touched, and notes wait until then,
+    # so a refused command prints one line and changes nothing.
     if req.resume is not None:
         return _resume(req, console=console, show_progress=show_progress, notes=notes)
     if req.data is None:
@@ -77,17 +81,74 @@ def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Call
     model_cfg = merge(ModelConfig, file_model, req.model_options, "command line")
     train_cfg = merge(TrainConfig, file_train, req.train_options, "command line")
     validate(model_cfg, train_cfg)
+    resolve_device(train_cfg.device)
     data = load(req.data, layout=req.layout, label=req.label, id_col=req.id_col, time_col=req.time_col,
-                features=req.features, need_labels=True, allow_missing=req.allow_missing, min_classes=2)
-    notes(data.notes)
+                features=req.features, need_labels=True, allow_missing=req.allow_missing, min_classes=2, min_length=MIN_LENGTH)
     val = None
     if req.val is not None:
-        val = load(req.val, schema=data.schema, need_labels=True, allow_missing=req.allow_missing)
-        notes(val.notes)
+        val = load(req.val, schema=data.schema, need_labels=True, allow_missing=req.allow_missing, min_length=MIN_LENGTH)
+        _check_val_labels(val, data, req.val, req.data)
     run_dir = req.out if req.out is not None else _new_run_dir(req.data)
     _prepare_run_dir(run_dir, req.force)
+    notes(data.notes)
+    if val is not None:
+        notes(val.notes)
     sources = {"data": str(req.data.resolve()), "val": str(req.val.resolve()) if req.val else "", "allow_missing": str(req.allow_missing)}
     return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources)
+
+
+def _check_val_labels(val: SequenceData, data: SequenceData, val_path: Path, data_path: Path) -> None:
+    known = {repr(v) for v in data.labels}
+    unseen = sorted({repr(v) for v in val.labels} - known)
+    if unseen:
+        n = sum(repr(v) not in known for v in val.labels)
+        raise DataError(
+            f"{val_path}: {n} validation sample(s) have label(s) that {data_path} does not have ({', '.join(unseen[:5])}); "
+            "validate on data with the training labels"
+        )
+
+
+def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig, TrainConfig]:
+    """The saved configs, after checking the weights and the training state fit together."""
+    check_checkpoint(ck, path)
+    try:
+        model_cfg = from_dict(ModelConfig, ck.meta["model_config"], SAVED["model"])
+        train_cfg = from_dict(TrainConfig, ck.meta["train_config"], SAVED["train"])
+        validate(model_cfg, train_cfg, where=SAVED)
+        r = ck.meta["resume"]
+        loop = r["loop"]
+        counters = ("epoch", "step", "best_epoch", "bad_epochs")
+        if not all(isinstance(loop[k], int) and not isinstance(loop[k], bool) and loop[k] >= 0 for k in counters):
+            raise ValueError(f"loop counters {', '.join(counters)} must be whole numbers >= 0")
+        if not all(isinstance(loop[k], (int, float)) for k in ("best_acc", "best_loss")):
+            raise ValueError("best_acc and best_loss must be numbers")
+        if train_cfg.epochs is None or loop["epoch"] > train_cfg.epochs:
+            raise ValueError(f"epoch {loop['epoch']} is beyond the run's {train_cfg.epochs} epochs")
+        history = loop["history"]
+        if not isinstance(history, list) or len(history) != loop["epoch"] or not all(isinstance(m, dict) and "epoch" in m for m in history):
+            raise ValueError("the metrics history does not match the epoch count")
+        if loop["best_epoch"] and not any(m["epoch"] == loop["best_epoch"] for m in history):
+            raise ValueError(f"best epoch {loop['best_epoch']} is not in the history")
+        if not isinstance(r["fingerprint"], str) or not isinstance(r["param_groups"], list) or not all(isinstance(g, dict) for g in r["param_groups"]):
+            raise ValueError("fingerprint or optimiser settings have the wrong type")
+        for name in ("rng.torch", "rng.gen") + (("perm",) if loop["step"] > 0 else ()):
+            if name not in ck.state:
+                raise ValueError(f"the training state lacks {name}")
+        for name in ck.state:
+            if name.startswith("optim."):
+                pid, _, key = name[len("optim."):].partition(".")
+                if not pid.isdigit() or not key:
+                    raise ValueError(f"unexpected optimiser tensor {name}")
+    except (GaaError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: checkpoint training state is invalid ({reason(e)}); it cannot be resumed") from None
+    return model_cfg, train_cfg
+
+
+def _remove_stale_temps(run_dir: Path) -> None:
+    """Temporary files left by a run killed while writing (see files.atomic_write)."""
+    for name in RUN_FILES:
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[[list[str]], None]) -> TrainResult:
@@ -102,19 +163,27 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
     ck = ckpt_io.load(last)
     if "resume" not in ck.meta:
         raise UsageError(f"{last}: checkpoint holds no training state; it cannot be resumed")
-    model_cfg = from_dict(ModelConfig, ck.meta["model_config"], f"{last} model_config")
-    train_cfg = from_dict(TrainConfig, ck.meta["train_config"], f"{last} train_config")
+    model_cfg, train_cfg = _check_resume_state(ck, last)
     if req.train_options.get("device"):
         train_cfg.device = req.train_options["device"]
+    resolve_device(train_cfg.device)
     sources = ck.meta.get("sources", {})
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise CheckpointError(f"{last}: checkpoint 'sources' must map names to paths; the file is corrupted")
     data_path = req.data or Path(sources.get("data", ""))
     if not str(data_path):
         raise UsageError(f"{last}: does not record its training data; pass it: gaa train DATA --resume {run_dir}")
     allow_missing = sources.get("allow_missing") == "True"
-    data = load(data_path, schema=Schema.from_dict(ck.meta["schema"]), need_labels=True, allow_missing=allow_missing)
+    data = load(data_path, schema=Schema.from_dict(ck.meta["schema"]), need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH)
+    val = load(Path(sources["val"]), schema=data.schema, need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH) if sources.get("val") else None
+    if _fingerprint(data) != ck.meta["resume"]["fingerprint"]:
+        raise UsageError(f"{data_path}: differs from the data run {run_dir} was trained on; resume with the same file, or start a new run")
+    _remove_stale_temps(run_dir)
     notes(data.notes)
-    val = load(Path(sources["val"]), schema=data.schema, need_labels=True, allow_missing=allow_missing) if sources.get("val") else None
-    notes([f"resuming {run_dir} at epoch {ck.meta['resume']['loop']['epoch'] + 1}, step {ck.meta['resume']['loop']['step'] + 1}"])
+    if val is not None:
+        notes(val.notes)
+    loop = ck.meta["resume"]["loop"]
+    notes([f"resuming {run_dir} at epoch {loop['epoch'] + 1}, step {loop['step'] + 1}"])
     return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources)
 
 

@@ -74,7 +74,7 @@ class Tensors:
 def fit_normalization(data: SequenceData) -> dict[str, list[float]]:
     """Per-channel mean and standard deviation over the real (non-padded, non-missing) steps."""
     valid = np.arange(data.x.shape[1])[None, :] < data.lengths[:, None]  # (N, T)
-    values = data.x[valid]  # (steps, C)
+    values = data.x[valid].astype(np.float64)  # (steps, C); float64: the variance of large float32 values overflows
     mean = np.nanmean(values, axis=0)
     std = np.nanstd(values, axis=0)
     std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
@@ -92,9 +92,9 @@ def _plain(v: Any) -> Any:
 
 
 def to_tensors(data: SequenceData, norm: dict[str, list[float]], classes: list | None) -> Tensors:
-    mean = np.asarray(norm["mean"], dtype=np.float32)
-    std = np.asarray(norm["std"], dtype=np.float32)
-    x = (data.x - mean) / std  # (N, T, C)
+    mean = np.asarray(norm["mean"], dtype=np.float64)
+    std = np.asarray(norm["std"], dtype=np.float64)
+    x = (data.x - mean) / std  # (N, T, C), in float64 so that large values do not overflow
     mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]  # (N, T)
     x = np.where(mask[:, :, None] & np.isfinite(x), x, 0.0).astype(np.float32)  # missing -> the training mean
     y = None
@@ -212,6 +212,7 @@ def fit(
     # everything a resumed run needs to continue exactly where this one stopped
     loop = {"epoch": 0, "step": 0, "best_epoch": 0, "best_acc": -1.0, "best_loss": math.inf, "bad_epochs": 0, "history": []}
     perm = torch.empty(0, dtype=torch.long)  # this epoch's sample order, drawn at its start
+    losses: list[float] = []  # this epoch's losses so far
     if resume is not None:
         r = resume.meta["resume"]
         if r["fingerprint"] != fingerprint:
@@ -223,6 +224,7 @@ def fit(
         gen.set_state(resume.state["rng.gen"])
         if loop["step"] > 0:
             perm = resume.state["perm"].clone()
+            losses = resume.state["losses"].tolist() if "losses" in resume.state else []
 
     meta_base = {
         "model_config": dataclasses.asdict(model_cfg),
@@ -242,6 +244,7 @@ def fit(
         state["rng.gen"] = gen.get_state()
         if step > 0:
             state["perm"] = perm
+            state["losses"] = torch.tensor(losses, dtype=torch.float64)
         loop.update(epoch=epoch, step=step)
         meta = dict(meta_base, kind="last", epoch=epoch, metrics=loop["history"][-1] if loop["history"] else {})
         meta["resume"] = {"loop": loop, "fingerprint": fingerprint, "param_groups": _param_groups(opt)}
@@ -289,7 +292,7 @@ def fit(
                 model.train()
                 if loop["step"] == 0:
                     perm = torch.randperm(n, generator=gen)
-                losses = []
+                    losses = []
                 for step in range(loop["step"], steps_per_epoch):
                     idx = perm[step * bs : (step + 1) * bs]
                     xb, mb, yb = tr.x[idx], tr.mask[idx], tr.y[idx]
@@ -309,6 +312,11 @@ def fit(
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                     opt.step()
+                    if not bool(torch.stack([t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point()]).all()):
+                        raise TrainingError(
+                            f"{run_dir}: the weights became NaN or infinite at epoch {epoch + 1}, step {step + 1} (the loss was {loss.item():.3g}); "
+                            f"the last good checkpoint is {run_dir / ckpt_io.LAST}. Try a lower --lr (now {train_cfg.lr}) or check the data for extreme values"
+                        )
                     losses.append(loss.item())
                     progress.update(task, advance=1, epoch=f"{epoch + 1}/{train_cfg.epochs}", loss=f"{np.mean(losses):.3f}")
                     if stop["flag"]:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import json
 import math
-import shutil
 import sys
-import time
 import traceback
 from enum import Enum
 from pathlib import Path

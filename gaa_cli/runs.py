@@ -18,7 +18,7 @@ from .errors import CheckpointError, DataError, GaaError, UsageError
 from .files import atomic_write, atomic_write_text
 from .inference import SAVED, check_checkpoint, reason
 from .model import MIN_LENGTH
-from .train import TrainResult, _fingerprint, fit, resolve_device
+from .train import TrainResult, data_fingerprint, fit, resolve_device
 
 __all__ = ["TrainRequest", "run_training", "write_predictions"]
 
@@ -176,7 +176,7 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
     allow_missing = sources.get("allow_missing") == "True"
     data = load(data_path, schema=Schema.from_dict(ck.meta["schema"]), need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH)
     val = load(Path(sources["val"]), schema=data.schema, need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH) if sources.get("val") else None
-    if _fingerprint(data) != ck.meta["resume"]["fingerprint"]:
+    if data_fingerprint(data) != ck.meta["resume"]["fingerprint"]:
         raise UsageError(f"{data_path}: differs from the data run {run_dir} was trained on; resume with the same file, or start a new run")
     _remove_stale_temps(run_dir)
     notes(data.notes)

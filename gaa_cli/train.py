@@ -13,7 +13,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from . import __version__
 from . import checkpoint as ckpt_io
 from .config import DataShape, ModelConfig, TrainConfig, resolve, to_toml
 from .data import SequenceData
-from .errors import DataError, TrainingError, UsageError
+from .errors import TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 
@@ -146,7 +146,7 @@ def _split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _fingerprint(data: SequenceData) -> str:
+def data_fingerprint(data: SequenceData) -> str:
     h = hashlib.sha256(data.x.tobytes())
     h.update(data.lengths.tobytes())
     h.update(repr(list(map(_plain, data.labels))).encode())
@@ -161,7 +161,6 @@ class TrainResult:
     epochs_run: int
     metrics: dict[str, float]  # the best epoch's
     seconds: float
-    notes: list[str] = field(default_factory=list)
 
 
 def fit(
@@ -178,10 +177,7 @@ def fit(
 ) -> TrainResult:
     """Train a classifier on `data` and write the run directory. See the module docstring."""
     started = time.perf_counter()
-    short = np.flatnonzero(data.lengths < MIN_LENGTH)
-    if len(short):
-        where = f"id {data.ids[short[0]]!r}" if data.ids is not None else f"sample {short[0] + 1}"
-        raise DataError(f"{sources.get('data', 'training data') if sources else 'training data'}: {len(short)} sequence(s) have fewer than {MIN_LENGTH} steps (first: {where}); remove them or pad them")
+    assert data.lengths.min() >= MIN_LENGTH, "load() refuses sequences shorter than MIN_LENGTH"
     classes = sorted({_plain(v) for v in data.labels}, key=lambda v: (str(type(v)), v))
     y_all = encode_labels(data.labels, classes)
     norm = fit_normalization(data)
@@ -207,7 +203,7 @@ def fit(
     bs = min(train_cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
     total_steps = steps_per_epoch * train_cfg.epochs
-    fingerprint = _fingerprint(data)
+    fingerprint = data_fingerprint(data)
 
     # everything a resumed run needs to continue exactly where this one stopped
     loop = {"epoch": 0, "step": 0, "best_epoch": 0, "best_acc": -1.0, "best_loss": math.inf, "bad_epochs": 0, "history": []}

@@ -33,6 +33,15 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def _check_args(norm_axis: int, num_heads: int, num_gaussians: int, eps: float) -> None:
+    """The constructor checks shared by the single- and multi-head modules."""
+    if not _is_int(norm_axis):
+        raise ValueError(f"norm_axis must be an int, got {norm_axis!r}")
+    _check_positive_int("num_heads", num_heads)
+    _check_positive_int("num_gaussians", num_gaussians)
+    _check_eps(eps)
+
+
 def _check_eps(eps: object) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0.0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
@@ -215,11 +224,7 @@ class GaussianAdaptiveAttention(_HeadAttention):
         mixture: bool = False,
     ) -> None:
         super().__init__()
-        if not _is_int(norm_axis):
-            raise ValueError(f"norm_axis must be an int, got {norm_axis!r}")
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("num_gaussians", num_gaussians)
-        _check_eps(eps)
+        _check_args(norm_axis, num_heads, num_gaussians, eps)
         self.norm_axis = norm_axis
         self.num_heads = num_heads
         self.num_gaussians = num_gaussians
@@ -304,11 +309,7 @@ class MultiHeadGaussianAdaptiveAttention(_HeadAttention):
         mixture: bool = False,
     ) -> None:
         super().__init__()
-        if not _is_int(norm_axis):
-            raise ValueError(f"norm_axis must be an int, got {norm_axis!r}")
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("num_gaussians", num_gaussians)
-        _check_eps(eps)
+        _check_args(norm_axis, num_heads, num_gaussians, eps)
         self.norm_axis = norm_axis
         self.num_heads = num_heads
         self.num_gaussians = num_gaussians

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save_file
 
 from .test_bad_inputs import TINY, csv, error_line, gaa, wide_frame
 

@@ -20,26 +20,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-try:  # tests/ may or may not be a package
-    from .attention_oracle import (
-        block_params,
-        head_params,
-        masked_oracle_block,
-        masked_oracle_multihead,
-        oracle_block,
-        oracle_head,
-        oracle_multihead,
-    )
-except ImportError:
-    from attention_oracle import (
-        block_params,
-        head_params,
-        masked_oracle_block,
-        masked_oracle_multihead,
-        oracle_block,
-        oracle_head,
-        oracle_multihead,
-    )
+from .attention_oracle import (
+    block_params,
+    head_params,
+    masked_oracle_block,
+    masked_oracle_multihead,
+    oracle_block,
+    oracle_head,
+    oracle_multihead,
+)
 from gaussian_adaptive_attention import (
     GaussianAdaptiveAttention,
     GaussianBlock,

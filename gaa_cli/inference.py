@@ -38,6 +38,11 @@ class Loaded:
     device: torch.device
 
 
+def _channels(schema: Schema) -> int:
+    """Input channels of the model: one per feature column, except wide files (one series)."""
+    return 1 if schema.layout == "wide" else len(schema.features)
+
+
 def _numbers(value: object, n: int, what: str, positive: bool = False) -> None:
     ok = isinstance(value, list) and len(value) == n and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
     if not ok or (positive and min(value) <= 0):
@@ -52,7 +57,7 @@ def _check_meta(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig, Schema
         raise ValueError("model_config has no width")
     validate(cfg, TrainConfig(), where=SAVED)
     schema = Schema.from_dict(meta["schema"])
-    channels = len(schema.features) if schema.layout != "wide" else 1
+    channels = _channels(schema)
     if channels < 1:
         raise ValueError("schema names no feature columns")
     norm = meta["normalization"]
@@ -70,7 +75,7 @@ def _check_meta(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig, Schema
 
 def _check_weights(ck: ckpt_io.Checkpoint, cfg: ModelConfig, schema: Schema, n_classes: int) -> None:
     """The weights are exactly the tensors the model built from the metadata has: names, shapes, dtypes, finite."""
-    channels = len(schema.features) if schema.layout != "wide" else 1
+    channels = _channels(schema)
     with torch.device("meta"):  # shapes only: nothing is allocated, whatever the metadata says
         expected = SequenceClassifier(cfg, channels, n_classes).state_dict()
     head = ck.model.get("head.weight")
@@ -105,7 +110,7 @@ def load_model(path: Path, device: str = "auto") -> Loaded:
     path = ckpt_io.resolve_path(path)
     cfg, schema = check_checkpoint(ck, path)
     dev = resolve_device(device)
-    model = SequenceClassifier(cfg, len(schema.features) if schema.layout != "wide" else 1, len(ck.meta["classes"]))
+    model = SequenceClassifier(cfg, _channels(schema), len(ck.meta["classes"]))
     model.load_state_dict(ck.model, strict=True)
     return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev)
 
@@ -115,10 +120,8 @@ def _read(loaded: Loaded, data_path: Path, need_labels: bool, allow_missing: boo
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     if "features" in kwargs and len(kwargs["features"]) != len(schema.features):
         raise DataError(f"{data_path}: --features names {len(kwargs['features'])} column(s) but the model was trained on {len(schema.features)}")
-    data = load(data_path, schema=schema, need_labels=need_labels, allow_missing=allow_missing, min_length=MIN_LENGTH, **kwargs)
-    if schema.layout == "wide" and data.x.shape[1] != loaded.meta["lengths"]["max"]:
-        raise DataError(f"{data_path}: has {data.x.shape[1]} time-step columns, the model was trained on {loaded.meta['lengths']['max']}")
-    return data
+    # load() refuses a wide file without every time-step column of the schema, so T always matches
+    return load(data_path, schema=schema, need_labels=need_labels, allow_missing=allow_missing, min_length=MIN_LENGTH, **kwargs)
 
 
 def _probs(loaded: Loaded, data: SequenceData) -> np.ndarray:

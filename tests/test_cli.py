@@ -118,6 +118,12 @@ def test_help_has_examples(command):
     assert "Examples" in r.stdout and f"gaa {command}" in r.stdout
 
 
+def test_help_keeps_square_brackets():
+    # Rich markup would swallow "[model]" and "[default: ...]" from the help texts
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert "[model] and [train] tables" in r.stdout and "[default: from the data's size]" in r.stdout
+
+
 def test_config_file_and_cli_precedence(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\ngaa_heads = 2\nwidth = 16\n[train]\nepochs = 3\nbatch_size = 16\n")

@@ -26,7 +26,7 @@ __all__ = ["ModelConfig", "TrainConfig", "DataShape", "load_toml", "to_toml", "f
 
 AXES = ("time", "features", "both")
 MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
-TARGET_STEPS = 500  # optimiser steps of a default run
+TARGET_STEPS = 1000  # optimiser steps of a default run
 
 
 @dataclass
@@ -86,7 +86,7 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
     if train.epochs is None:
         # a fixed budget of optimiser steps, whatever the data's size, but at least a few passes
         steps_per_epoch = math.ceil(shape.n_samples * (1 - train.val_split) / train.batch_size)
-        train.epochs = int(min(500, max(10, math.ceil(TARGET_STEPS / steps_per_epoch))))
+        train.epochs = int(min(TARGET_STEPS, max(10, math.ceil(TARGET_STEPS / steps_per_epoch))))
     if train.patience is None:
         train.patience = 0 if train.val_split == 0 else max(10, train.epochs // 3)
     return model, train

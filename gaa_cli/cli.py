@@ -199,10 +199,11 @@ CheckpointArg = Annotated[Path, typer.Argument(help="A run directory (its best c
 LayoutOverride = Annotated[Optional[Layout], typer.Option("--layout", help="Read DATA in this layout instead of the training data's.", rich_help_panel="Data")]
 IdOverride = Annotated[Optional[str], typer.Option("--id-col", help="Id column, if it differs from the training data's.", rich_help_panel="Data")]
 TimeOverride = Annotated[Optional[str], typer.Option("--time-col", help="Ordering column, if it differs from the training data's.", rich_help_panel="Data")]
+FeaturesOverride = Annotated[Optional[str], typer.Option("--features", help="Comma-separated columns to read in place of the training data's feature columns, in the same order.", rich_help_panel="Data")]
 
 
-def _overrides(layout: Optional[Layout], id_col: Optional[str], time_col: Optional[str], **more: Optional[str]) -> dict:
-    values = {"layout": layout.value if layout and layout is not Layout.auto else None, "id_col": id_col, "time_col": time_col, **more}
+def _overrides(layout: Optional[Layout], id_col: Optional[str], time_col: Optional[str], features: Optional[str], **more: Optional[str]) -> dict:
+    values = {"layout": layout.value if layout and layout is not Layout.auto else None, "id_col": id_col, "time_col": time_col, "features": _features(features), **more}
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -218,6 +219,7 @@ def evaluate(
     layout: LayoutOverride = None,
     id_col: IdOverride = None,
     time_col: TimeOverride = None,
+    features: FeaturesOverride = None,
 ) -> None:
     """Score a checkpoint on labelled data: accuracy, balanced accuracy, macro F1, log loss, per-class table, confusion matrix."""
     from .inference import evaluate as run_evaluate
@@ -225,7 +227,7 @@ def evaluate(
 
     with _reported():
         loaded = load_model(checkpoint, device)
-        report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, label=label))
+        report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, features, label=label))
         _notes(notes)
         if as_json:  # strict JSON: an undefined metric (no known labels) is null, not NaN
             out.file.write(json.dumps(_finite_or_null(report), allow_nan=False) + "\n")
@@ -273,6 +275,7 @@ def predict(
     layout: LayoutOverride = None,
     id_col: IdOverride = None,
     time_col: TimeOverride = None,
+    features: FeaturesOverride = None,
 ) -> None:
     """Predict a label and class probabilities for every sample, in input order. Needs no label column."""
     from .inference import load_model
@@ -287,7 +290,7 @@ def predict(
         if output is not None and output.exists() and not force:
             raise UsageError(f"{output}: already exists; pass --force to overwrite it or choose another --output")
         loaded = load_model(checkpoint, device)
-        frame, notes = run_predict(loaded, data, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col))
+        frame, notes = run_predict(loaded, data, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, features))
         _notes(notes)
         write_predictions(frame, fmt.value, output, sys.stdout)
 

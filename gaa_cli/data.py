@@ -1095,9 +1095,11 @@ def load(
     """
     if layout not in ("auto", *LAYOUTS):
         raise UsageError(f"unknown layout {layout!r}; use one of auto, {', '.join(LAYOUTS)}")
+    find_time = False  # a model trained on another layout, read as long: find the time column as training would
     if schema is not None:
         if schema.layout not in LAYOUTS:
             raise UsageError(f"the schema's layout {schema.layout!r} is not one of {', '.join(LAYOUTS)}")
+        find_time = layout == "long" and schema.layout != "long" and time_col is None
         schema = Schema(
             layout if layout != "auto" else schema.layout,
             label if label != "label" else schema.label,
@@ -1112,6 +1114,11 @@ def load(
     table = _read(path)
     notes = list(table.notes)
     if schema is not None:
+        if find_time:
+            taken = {schema.label, schema.id_col, *schema.features}
+            schema.time_col = _find_by_name(list(table.df.columns), TIME_NAMES, taken)
+            if schema.time_col is not None:
+                notes.append(f"{table.name}: using column {_q(schema.time_col)} to order the steps (found by name; pass --time-col to choose another)")
         s = _from_schema(table, schema, need_labels)
         why_unused = "not in the model's schema"
     else:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from gaa_cli import __version__
 from gaa_cli.cli import app
 from gaa_cli.data import read_table
+from gaa_cli.inference import load_model
 
 from .conftest import SAMPLES, run_gaa
 
@@ -103,6 +104,23 @@ def test_evaluate_tables_and_predict_formats_in_process(trained, tmp_path):
     # an existing output is never overwritten without --force
     r = runner.invoke(app, ["predict", str(trained["run"]), str(trained["test"]), "--format", "parquet", "--output", str(out)])
     assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_features_override_reads_renamed_columns(trained, tmp_path):
+    """evaluate and predict take --features: other column names, in the training order."""
+    features = load_model(trained["run"], "cpu").schema.features
+    new_names = [f"renamed_{i}" for i in range(len(features))]
+    renamed = tmp_path / f"renamed{''.join(trained['test'].suffixes)}"
+    table = read_table(trained["test"]).rename(columns=dict(zip(features, new_names)))
+    table.to_parquet(renamed) if renamed.suffix == ".parquet" else table.to_csv(renamed, index=False)
+    want = run_gaa("predict", trained["run"], trained["test"]).stdout
+    r = run_gaa("predict", trained["run"], renamed, "--features", ",".join(new_names))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want
+    r = runner.invoke(app, ["evaluate", str(trained["run"]), str(renamed), "--features", ",".join(new_names[:-1]), "--json"])
+    assert r.exit_code == 2 and f"names {len(features) - 1} column(s) but the model was trained on {len(features)}" in r.output
+    r = runner.invoke(app, ["evaluate", str(trained["run"]), str(renamed)])
+    assert r.exit_code == 2 and "--features" in r.output  # the hint names an option evaluate has
 
 
 def test_version_and_module_entry_agree():

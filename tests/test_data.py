@@ -741,3 +741,19 @@ def test_any_bytes_load_or_raise_gaa_error(tmp_path, raw):
     for name in ("b.csv", "b.parquet", "b.csv.gz"):
         (tmp_path / name).write_bytes(raw)
         _try_load(tmp_path / name, layout="auto", label="label")
+
+
+def test_list_schema_read_as_long_finds_the_time_column(tmp_path):
+    # a model trained on the list layout, applied to the same sequences in a long CSV whose rows are shuffled
+    rng = np.random.default_rng(0)
+    rows = [(sid, t, float(10 * i + t), float(-t), lab) for i, (sid, lab) in enumerate([("s1", "x"), ("s2", "y")]) for t in range(5)]
+    frame = pd.DataFrame(rows, columns=["series_id", "t", "a", "b", "label"]).iloc[rng.permutation(10)]
+    f = tmp_path / "long.csv"
+    frame.to_csv(f, index=False)
+    schema = Schema("list", "label", "series_id", None, ["a", "b"])
+    d = load(f, schema=schema, layout="long")
+    assert d.schema.time_col == "t" and any("'t' to order the steps" in n for n in d.notes)
+    np.testing.assert_array_equal(d.x[0, :, 0], [0, 1, 2, 3, 4])  # ordered by t, not by file row
+    np.testing.assert_array_equal(d.x[1, :, 1], [0, -1, -2, -3, -4])
+    explicit = load(f, schema=schema, layout="long", time_col="t")
+    np.testing.assert_array_equal(d.x, explicit.x)

@@ -1,5 +1,15 @@
 """gaa: train, evaluate and apply Gaussian Adaptive Attention sequence classifiers from the command line."""
 
-from gaussian_adaptive_attention import __version__
+from __future__ import annotations
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> str:
+    # the version lives in the library, whose import pulls in torch: load it only when asked,
+    # so that `gaa` can catch Ctrl-C while its libraries load (see __main__.py)
+    if name == "__version__":
+        from gaussian_adaptive_attention import __version__
+
+        return __version__
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

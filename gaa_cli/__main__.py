@@ -1,3 +1,20 @@
-from gaa_cli.cli import main
+"""The `gaa` script and `python -m gaa_cli`.
 
-main()
+Importing the CLI loads torch, pandas and pyarrow, which takes seconds; a Ctrl-C
+then ends the program quietly with exit code 130, like a Ctrl-C later on.
+"""
+
+import sys
+
+
+def main() -> None:
+    try:
+        from gaa_cli.cli import main as cli_main
+    except KeyboardInterrupt:
+        sys.stderr.write("gaa: interrupted: stopped by Ctrl-C while starting\n")
+        sys.exit(130)
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -330,3 +330,27 @@ def test_sigkill_while_writing_leaves_the_old_or_the_new_file(tmp_path):
         proc.stdout.close()
         content = target.read_bytes()
         assert content in (a, b), f"trial {trial}: torn file of {len(content)} bytes"
+
+
+def test_ctrl_c_while_loading_libraries_is_quiet(tmp_path):
+    """Ctrl-C during start-up (torch still importing): one line, exit 130, no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gaa_cli", "train", str(ROOT / "sample_data" / "sensor_wide_train.csv"), "--out", str(tmp_path / "run")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until torch's shared library is mapped: the import is under way
+        try:
+            if "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text():
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    else:
+        proc.kill()
+        pytest.fail("torch never started loading")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.startswith("gaa: interrupted:") and "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
+    assert not (tmp_path / "run").exists()

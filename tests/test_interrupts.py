@@ -38,7 +38,7 @@ from .test_bad_inputs import TINY, csv, error_line, gaa, wide_frame
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SAVE_EVERY_S = 10  # train.py's cadence for last.safetensors
-RUN_SECONDS = 16  # an uninterrupted run's length on an idle machine, so that the first periodic save is mid-run
+RUN_SECONDS = 24  # an uninterrupted run's length on an idle machine, so that the first periodic save is mid-run
 # Small, but enough steps per epoch (24) that a signal lands inside an epoch.
 RECIPE = ("--width", "8", "--gaa-heads", "1", "--gaa-layers", "1", "--gaa-gaussians", "2", "--stem-layers", "1",
           "--batch-size", "8", "--val-split", "0.2", "--patience", "0", "--seed", "3", "--device", "cpu", "-q")
@@ -100,14 +100,10 @@ def assert_run_files_whole(run: Path) -> None:
 
 
 def calibrate(data: Path, run: Path) -> int:
-    """Epochs for a run of about RUN_SECONDS on this machine: time four, in this process, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        r = gaa("train", data, *RECIPE, "--epochs", "4", "--out", run)
-    finally:
-        torch.set_num_threads(threads)
-    assert r.code == 0, r.stderr
+    """Epochs for a run of about RUN_SECONDS on this machine: time four in a subprocess launched like the real runs
+    (an in-process run was measured 1.5x slower than a subprocess, which once let the whole run fit in one save period)."""
+    rc, err = finish(start("train", data, *RECIPE, "--epochs", "4", "--out", run, log=run.with_suffix(".calibration")), run.with_suffix(".calibration"))
+    assert rc == 0, err
     epoch_s = min(m["seconds"] for m in epochs_done(run))
     return int(min(1000, max(12, np.ceil(RUN_SECONDS / epoch_s))))
 
@@ -230,16 +226,6 @@ def test_weights_that_overflow_on_the_last_step_are_a_training_error(tmp_path):
     for name in ("last.safetensors", "best.safetensors"):
         if (run / name).exists():
             assert all(bool(torch.isfinite(t).all()) for t in ckpt_io.load(run / name).model.values()), f"{name} holds NaN weights"
-
-
-def test_a_checkpoint_with_nan_weights_is_refused_at_evaluate_time(tmp_path):
-    """What the run above leaves behind today is at least never used: evaluate refuses it."""
-    r, run, data = diverge(tmp_path, "--epochs", "8", "--batch-size", "16")
-    best = run / "best.safetensors"
-    if not best.exists() or all(bool(torch.isfinite(t).all()) for t in ckpt_io.load(best).model.values()):
-        pytest.skip("no NaN checkpoint was written (train.py checks the weights now)")
-    line = error_line(gaa("evaluate", run, data), 2)
-    assert "best.safetensors" in line and "NaN" in line
 
 
 # ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from gaa_cli import checkpoint as ckpt_io
 from gaa_cli.files import atomic_write, atomic_write_bytes
 
 from .conftest import ROOT
-from .test_bad_inputs import TINY, csv, error_line, gaa, wide_frame
+from .test_bad_inputs import TINY, csv, gaa, wide_frame
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SAVE_EVERY_S = 10  # train.py's cadence for last.safetensors

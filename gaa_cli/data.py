@@ -1100,6 +1100,11 @@ def load(
         if schema.layout not in LAYOUTS:
             raise UsageError(f"the schema's layout {schema.layout!r} is not one of {', '.join(LAYOUTS)}")
         find_time = layout == "long" and schema.layout != "long" and time_col is None
+        if features is not None and len(features) != len(schema.features):
+            raise DataError(
+                f"{path}: --features names {len(features)} column(s) but the model was trained on "
+                f"{len(schema.features)} ({_names(schema.features)}); name that many columns, in that order"
+            )
         schema = Schema(
             layout if layout != "auto" else schema.layout,
             label if label != "label" else schema.label,

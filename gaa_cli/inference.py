@@ -11,7 +11,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, from_dict, validate
-from .data import Schema, SequenceData, _names, load
+from .data import Schema, SequenceData, load
 from .errors import CheckpointError, DataError, GaaError
 from .metrics import classification_report
 from .model import MIN_LENGTH, SequenceClassifier
@@ -118,8 +118,6 @@ def load_model(path: Path, device: str = "auto") -> Loaded:
 def _read(loaded: Loaded, data_path: Path, need_labels: bool, allow_missing: bool, overrides: dict) -> SequenceData:
     schema = loaded.schema
     kwargs = {k: v for k, v in overrides.items() if v is not None}
-    if "features" in kwargs and len(kwargs["features"]) != len(schema.features):
-        raise DataError(f"{data_path}: --features names {len(kwargs['features'])} column(s) but the model was trained on {len(schema.features)} ({_names(schema.features)}); name that many columns, in that order")
     # load() refuses a wide file without every time-step column of the schema, so T always matches
     return load(data_path, schema=schema, need_labels=need_labels, allow_missing=allow_missing, min_length=MIN_LENGTH, **kwargs)
 

@@ -320,10 +320,8 @@ def test_sigkill_while_writing_leaves_the_old_or_the_new_file(tmp_path):
 
 def test_ctrl_c_while_loading_libraries_is_quiet(tmp_path):
     """Ctrl-C during start-up (torch still importing): one line, exit 130, no traceback."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gaa_cli", "train", str(ROOT / "sample_data" / "sensor_wide_train.csv"), "--out", str(tmp_path / "run")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    log = tmp_path / "startup"
+    proc = start("train", ROOT / "sample_data" / "sensor_wide_train.csv", "--out", tmp_path / "run", log=log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until torch's shared library is mapped: the import is under way
         try:
@@ -336,7 +334,7 @@ def test_ctrl_c_while_loading_libraries_is_quiet(tmp_path):
         proc.kill()
         pytest.fail("torch never started loading")
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    rc, stderr = finish(proc, log, timeout=60)
+    assert rc == 130, stderr
     assert stderr.startswith("gaa: interrupted:") and "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
     assert not (tmp_path / "run").exists()

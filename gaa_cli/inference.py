@@ -17,7 +17,7 @@ from .metrics import classification_report
 from .model import MIN_LENGTH, SequenceClassifier
 from .train import encode_labels, predict_proba, resolve_device, to_tensors
 
-__all__ = ["Loaded", "check_checkpoint", "load_model", "evaluate", "predict", "SAVED", "reason"]
+__all__ = ["Loaded", "build_model", "check_checkpoint", "load_model", "evaluate", "predict", "SAVED", "reason"]
 
 SAVED = {"model": "model_config", "train": "train_config"}  # where a checkpoint keeps its configs
 
@@ -41,6 +41,11 @@ class Loaded:
 def _channels(schema: Schema) -> int:
     """Input channels of the model: one per feature column, except wide files (one series)."""
     return 1 if schema.layout == "wide" else len(schema.features)
+
+
+def build_model(cfg: ModelConfig, schema: Schema, n_classes: int) -> SequenceClassifier:
+    """The untrained model a checkpoint's metadata describes (under torch.device("meta"): shapes only)."""
+    return SequenceClassifier(cfg, _channels(schema), n_classes)
 
 
 def _numbers(value: object, n: int, what: str, positive: bool = False) -> None:
@@ -75,9 +80,8 @@ def _check_meta(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig, Schema
 
 def _check_weights(ck: ckpt_io.Checkpoint, cfg: ModelConfig, schema: Schema, n_classes: int) -> None:
     """The weights are exactly the tensors the model built from the metadata has: names, shapes, dtypes, finite."""
-    channels = _channels(schema)
     with torch.device("meta"):  # shapes only: nothing is allocated, whatever the metadata says
-        expected = SequenceClassifier(cfg, channels, n_classes).state_dict()
+        expected = build_model(cfg, schema, n_classes).state_dict()
     head = ck.model.get("head.weight")
     if head is not None and head.ndim == 2 and head.shape[0] != n_classes:
         raise ValueError(f"the metadata lists {n_classes} classes but the classification head has {head.shape[0]} outputs")
@@ -110,7 +114,7 @@ def load_model(path: Path, device: str = "auto") -> Loaded:
     path = ckpt_io.resolve_path(path)
     cfg, schema = check_checkpoint(ck, path)
     dev = resolve_device(device)
-    model = SequenceClassifier(cfg, _channels(schema), len(ck.meta["classes"]))
+    model = build_model(cfg, schema, len(ck.meta["classes"]))
     model.load_state_dict(ck.model, strict=True)
     return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev)
 

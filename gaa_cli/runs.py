@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
+import torch
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, from_dict, load_toml, merge, validate
 from .data import Schema, SequenceData, load
 from .errors import CheckpointError, DataError, GaaError, UsageError
 from .files import atomic_write, atomic_write_text
-from .inference import SAVED, check_checkpoint, reason
+from .inference import SAVED, build_model, check_checkpoint, reason
 from .model import MIN_LENGTH
 from .train import TrainResult, data_fingerprint, fit, resolve_device
 
@@ -110,7 +111,7 @@ def _check_val_labels(val: SequenceData, data: SequenceData, val_path: Path, dat
 
 def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig, TrainConfig]:
     """The saved configs, after checking the weights and the training state fit together."""
-    check_checkpoint(ck, path)
+    _, schema = check_checkpoint(ck, path)
     try:
         model_cfg = from_dict(ModelConfig, ck.meta["model_config"], SAVED["model"])
         train_cfg = from_dict(TrainConfig, ck.meta["train_config"], SAVED["train"])
@@ -134,11 +135,16 @@ def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig
         for name in ("rng.torch", "rng.gen") + (("perm",) if loop["step"] > 0 else ()):
             if name not in ck.state:
                 raise ValueError(f"the training state lacks {name}")
-        for name in ck.state:
+        with torch.device("meta"):  # the optimiser keeps one state per parameter, in this order
+            shapes = [tuple(p.shape) for p in build_model(model_cfg, schema, len(ck.meta["classes"])).parameters()]
+        for name, t in ck.state.items():
             if name.startswith("optim."):
                 pid, _, key = name[len("optim."):].partition(".")
-                if not pid.isdigit() or not key:
+                if not pid.isdigit() or int(pid) >= len(shapes) or key not in ("step", "exp_avg", "exp_avg_sq"):
                     raise ValueError(f"unexpected optimiser tensor {name}")
+                want = () if key == "step" else shapes[int(pid)]
+                if tuple(t.shape) != want or not t.is_floating_point():
+                    raise ValueError(f"optimiser tensor {name} is {t.dtype} {tuple(t.shape)}, the model needs a float tensor of shape {want}")
     except (GaaError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: checkpoint training state is invalid ({reason(e)}); it cannot be resumed") from None
     return model_cfg, train_cfg

@@ -1,7 +1,8 @@
 """The `gaa` script and `python -m gaa_cli`.
 
-Importing the CLI loads torch, pandas and pyarrow, which takes seconds; a Ctrl-C
-then ends the program quietly with exit code 130, like a Ctrl-C later on.
+Importing the CLI loads Typer and Rich only (torch, pandas and pyarrow load
+inside the commands, where Ctrl-C is handled); a Ctrl-C even that early ends the
+program quietly with exit code 130, like a Ctrl-C later on.
 """
 
 import sys

@@ -16,8 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GaaError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GaaError, Interrupted, UsageError
 
 
 def _click_classes(name: str) -> tuple[type, ...]:
@@ -76,8 +75,6 @@ def _say(kind: str, message: str) -> None:
 @contextlib.contextmanager
 def _reported() -> Iterator[None]:
     """Turn every failure into one line on stderr and a stable exit code."""
-    from .train import Interrupted
-
     try:
         yield
     except _EXITS:
@@ -107,6 +104,8 @@ def _notes(notes: list[str]) -> None:
 
 def _version(value: bool) -> None:
     if value:
+        from . import __version__  # loads torch: only when asked, so that --help stays quick
+
         out.print(f"gaa {__version__}")
         raise typer.Exit()
 
@@ -168,13 +167,13 @@ def train(
     dropout: Annotated[OptFloat, typer.Option(help="Dropout before the head \\[default: 0].", rich_help_panel="Model")] = None,
 ) -> None:
     """Train a classifier and write checkpoints, metrics and the resolved config to a run directory."""
-    from .runs import TrainRequest, run_training
-
     model_opts = dict(width=width, stride=stride, stem_layers=stem_layers, kernel_size=kernel_size, gaa_layers=gaa_layers, gaa_heads=gaa_heads,
                       gaa_gaussians=gaa_gaussians, gaa_axes=gaa_axes.value if gaa_axes else None, gaa_mixture=gaa_mixture, dropout=dropout)
     train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
                       val_split=val_split, patience=patience, augment=augment, seed=seed, device=device)
     with _reported():
+        from .runs import TrainRequest, run_training  # torch loads here, where Ctrl-C is handled
+
         request = TrainRequest(
             data=data, val=val, out=out_dir, force=force, resume=resume, config=config,
             layout=layout.value, label=label, id_col=id_col, time_col=time_col, features=_features(features),
@@ -222,10 +221,10 @@ def evaluate(
     features: FeaturesOverride = None,
 ) -> None:
     """Score a checkpoint on labelled data: accuracy, balanced accuracy, macro F1, log loss, per-class table, confusion matrix."""
-    from .inference import evaluate as run_evaluate
-    from .inference import load_model
-
     with _reported():
+        from .inference import evaluate as run_evaluate
+        from .inference import load_model
+
         loaded = load_model(checkpoint, device)
         report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, features, label=label))
         _notes(notes)
@@ -278,11 +277,11 @@ def predict(
     features: FeaturesOverride = None,
 ) -> None:
     """Predict a label and class probabilities for every sample, in input order. Needs no label column."""
-    from .inference import load_model
-    from .inference import predict as run_predict
-    from .runs import write_predictions
-
     with _reported():
+        from .inference import load_model
+        from .inference import predict as run_predict
+        from .runs import write_predictions
+
         if fmt is Format.parquet and output is None:
             raise UsageError("--format parquet writes binary data; pass --output FILE.parquet")
         if output is not None and output.is_dir():

@@ -7,12 +7,15 @@ stderr and exits with `exit_code`; nothing else should print a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "GaaError",
     "UsageError",
     "DataError",
     "CheckpointError",
     "TrainingError",
+    "Interrupted",
     "EXIT_OK",
     "EXIT_RUNTIME",
     "EXIT_USAGE",
@@ -54,3 +57,11 @@ class TrainingError(GaaError):
     """Training failed at run time (for example the loss became NaN)."""
 
     exit_code = EXIT_RUNTIME
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a resumable checkpoint at `path` (exit EXIT_INTERRUPTED)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path

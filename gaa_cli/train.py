@@ -27,21 +27,13 @@ from . import __version__
 from . import checkpoint as ckpt_io
 from .config import DataShape, ModelConfig, TrainConfig, resolve, to_toml
 from .data import SequenceData
-from .errors import TrainingError, UsageError
+from .errors import Interrupted, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 
 SAVE_EVERY_S = 10.0  # the last checkpoint and metrics.jsonl are rewritten at most this often (and at the end)
 
-__all__ = ["Interrupted", "resolve_device", "Tensors", "to_tensors", "predict_proba", "fit", "TrainResult"]
-
-
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C after saving a resumable checkpoint."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(str(path))
-        self.path = path
+__all__ = ["resolve_device", "Tensors", "to_tensors", "predict_proba", "fit", "TrainResult"]
 
 
 def resolve_device(spec: str) -> torch.device:

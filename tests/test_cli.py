@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -140,6 +142,15 @@ def test_help_keeps_square_brackets():
     # Rich markup would swallow "[model]" and "[default: ...]" from the help texts
     r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert "[model] and [train] tables" in r.stdout and "[default: from the data's size]" in r.stdout
+
+
+def test_help_does_not_load_torch():
+    # `gaa --help` should answer at once: torch, pandas and pyarrow load inside the commands
+    code = "import sys, gaa_cli.cli; print(sorted(m for m in ('torch', 'pandas', 'pyarrow') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    r = run_gaa("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout and "predict" in r.stdout
 
 
 def test_config_file_and_cli_precedence(tmp_path):

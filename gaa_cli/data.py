@@ -248,6 +248,10 @@ def _read_csv(p: Path, name: str, gz: bool) -> _Table:
         text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
     except UnicodeDecodeError:
         raise DataError(f"{name}: not UTF-8 text ({_bad_utf8(p, gz)}){_binary_hint(head, '; save it as UTF-8')}") from None
+    first = text.lstrip("\r\n").partition("\n")[0]
+    if "," not in first and (";" in first or "\t" in first):  # checked before parsing: decimal commas would make the rows look ragged
+        how = ("';' (decimal commas?)", " with '.' as the decimal mark") if ";" in first else ("tabs", "")
+        raise DataError(f"{name}: looks separated by {how[0]}, not commas; save it as comma-separated CSV{how[1]}")
     try:
         header = [h for h in next(csv.reader(io.StringIO(text)), []) if h]  # pandas names blanks "Unnamed: N"
     except csv.Error:
@@ -289,9 +293,6 @@ def _read_csv(p: Path, name: str, gz: bool) -> _Table:
 
     df.columns = [str(c) for c in df.columns]
     df = df.reset_index(drop=True)
-    if len(df.columns) == 1 and (";" in df.columns[0] or "\t" in df.columns[0]):
-        sep = "';'" if ";" in df.columns[0] else "tabs"
-        raise DataError(f"{name}: looks separated by {sep}, not commas; save it as comma-separated CSV")
     if len(df) == 0:
         raise DataError(f"{name}: has a header ({_plural(len(df.columns), 'column')}) but no data rows; add rows")
     df, notes = _drop_unnamed(df, name)

@@ -482,6 +482,8 @@ def test_folder_whose_types_disagree(tmp_path):
 
 def test_semicolon_separated(tmp_path):
     fails(write(tmp_path / "s.csv", "a;b;label\n1;2;x\n"), "s.csv", "';'", "comma")
+    # decimal commas (a European spreadsheet export) make the rows look ragged to a comma parser
+    fails(write(tmp_path / "e.csv", "a;b;label\n1,5;2,25;x\n"), "e.csv", "';' (decimal commas?)", "'.' as the decimal mark")
 
 
 # ----------------------------------------------------------------------------

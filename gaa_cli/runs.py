@@ -111,9 +111,8 @@ def _check_val_labels(val: SequenceData, data: SequenceData, val_path: Path, dat
 
 def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig, TrainConfig]:
     """The saved configs, after checking the weights and the training state fit together."""
-    _, schema = check_checkpoint(ck, path)
+    model_cfg, schema = check_checkpoint(ck, path)
     try:
-        model_cfg = from_dict(ModelConfig, ck.meta["model_config"], SAVED["model"])
         train_cfg = from_dict(TrainConfig, ck.meta["train_config"], SAVED["train"])
         validate(model_cfg, train_cfg, where=SAVED)
         r = ck.meta["resume"]
@@ -143,7 +142,7 @@ def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig
                 if not pid.isdigit() or int(pid) >= len(shapes) or key not in ("step", "exp_avg", "exp_avg_sq"):
                     raise ValueError(f"unexpected optimiser tensor {name}")
                 want = () if key == "step" else shapes[int(pid)]
-                if tuple(t.shape) != want or not t.is_floating_point():
+                if tuple(t.shape) != want or (key != "step" and not t.is_floating_point()):
                     raise ValueError(f"optimiser tensor {name} is {t.dtype} {tuple(t.shape)}, the model needs a float tensor of shape {want}")
     except (GaaError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: checkpoint training state is invalid ({reason(e)}); it cannot be resumed") from None

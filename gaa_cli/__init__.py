@@ -7,7 +7,7 @@ __all__ = ["__version__"]
 
 def __getattr__(name: str) -> str:
     # the version lives in the library, whose import pulls in torch: load it only when asked,
-    # so that `gaa` can catch Ctrl-C while its libraries load (see __main__.py)
+    # so that importing the CLI (and `gaa --help`) does not load torch (see __main__.py)
     if name == "__version__":
         from gaussian_adaptive_attention import __version__
 

@@ -20,7 +20,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .functional import gaussian_mixture_attention, gaussian_product_attention
+from . import native
+from .functional import _GaussianProductNative, gaussian_mixture_attention, gaussian_product_attention
 
 __all__ = ["GaussianAdaptiveAttention", "MultiHeadGaussianAdaptiveAttention"]
 
@@ -131,7 +132,6 @@ class _HeadAttention(nn.Module):
         P = math.prod(shape[:axis])
         Q = math.prod(shape[axis + 1 :])
         cdtype = torch.promote_types(x.dtype, torch.float32)  # statistics never in half precision
-        x3 = _as(x, cdtype).reshape(P, L, Q)  # (P, L, Q)
         v3 = None
         if valid is not None:
             vshape = (1,) * (x.dim() - valid.dim()) + tuple(valid.shape)
@@ -139,6 +139,12 @@ class _HeadAttention(nn.Module):
             post = 1 if all(s == 1 for s in vshape[axis + 1 :]) else Q
             target = [1 if pre == 1 else s for s in shape[:axis]] + [L] + [1 if post == 1 else s for s in shape[axis + 1 :]]
             v3 = valid.reshape(vshape).expand(target).reshape(pre, L, post).to(cdtype)  # (P|1, L, Q|1), 0/1
+        params = [h.mean_offsets for h in heads] + [h.c for h in heads]
+        if L % H == 0 and not self.mixture and native.usable(x, None) and all(p.dtype == x.dtype for p in params):
+            # The common case in one C call per direction, layout change included.
+            vg = None if v3 is None else v3.reshape(v3.shape[0], H, chunk, v3.shape[2])  # (P|1, H, N, Q|1)
+            return _GaussianProductNative.apply(x, vg, (P, H, chunk, Q), self._head_eps(), residual, *params)
+        x3 = _as(x, cdtype).reshape(P, L, Q)  # (P, L, Q)
 
         # Heads 0..H-2 take `chunk` positions each, the last head the rest.
         if L % H == 0:

@@ -46,6 +46,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import native
+
 __all__ = [
     "gaussian_product_attention",
     "gaussian_mixture_attention",
@@ -303,13 +305,60 @@ class _GaussianProduct(torch.autograd.Function):
             if ctx.residual:
                 gx.add_(gout)
 
-        # Per-head coefficient gradients (gA, gR, gK, gb), then back to (m, c).
         per_slice = torch.stack([S2 * inv_v, S0 * inv_v, S0, gmu])  # (4, P, H, 1, Q)
-        gA, gR, gK, gb = per_slice.sum((1, 3, 4)).unsqueeze(-1).unbind(0)  # each (H, 1)
-        A2 = A.view(H, 1)
-        gk = (gb / A2 * dm).sub_(gA).sub_(gR * dm * dm)  # (H, G); gA, gR, gK enter negated
-        gm = (gb / A2 - 2.0 * gR * dm).mul_(k)
-        gc = (gk / (c * c)).add_(gK).div_(-c)
+        gm, gc = _parameter_grads(per_slice.sum((1, 3, 4)), k, A, dm, c)
+        return (gx, None, None, None, None, *gm.unbind(0), *gc.unbind(0))
+
+
+def _parameter_grads(sums: Tensor, k: Tensor, A: Tensor, dm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of the (H, G) offsets and scales from the per-head sums.
+
+    ``sums`` is (4, H): the sums over a head's slices of ``S2 / v``, ``S0 / v``,
+    ``S0`` and ``gmu``, i.e. minus dL/dA, minus dL/dR, minus dL/dK and dL/db.
+    """
+    gA, gR, gK, gb = sums.unsqueeze(-1).unbind(0)  # each (H, 1)
+    A2 = A.view(-1, 1)
+    gk = (gb / A2 * dm).sub_(gA).sub_(gR * dm * dm)  # (H, G); gA, gR, gK enter negated
+    gm = (gb / A2 - 2.0 * gR * dm).mul_(k)
+    gc = (gk / (c * c)).add_(gK).div_(-c)
+    return gm, gc
+
+
+class _GaussianProductNative(torch.autograd.Function):
+    """Product mode through the C kernels of ``native.py``: one call per direction.
+
+    ``apply(x, vf, dims, eps, residual, *params)``: x of any shape that
+    ``reshape(dims)`` lays out as (P, H, N, Q); vf None or a 0/1 mask
+    (P|1, H, N, Q|1) in x's dtype; ``params`` the H offsets then the H scales
+    (each (G,)). Returns ``(out, w)`` shaped like x, as
+    :func:`gaussian_product_attention` does. The layout change happens inside,
+    so a layer adds one node to the autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, vf: Optional[Tensor], dims: tuple[int, int, int, int], eps: float, residual: bool, *params: Tensor):
+        H = dims[1]
+        m = torch.stack(params[:H])  # (H, G)
+        c = torch.stack(params[H:])
+        x4 = x.reshape(dims).contiguous()  # (P, H, N, Q)
+        vf = None if vf is None else vf.contiguous()
+        out, w4, stats = native.forward(x4, vf, m, c, eps, residual)
+        ctx.save_for_backward(x4, w4, stats, vf, m, c)
+        ctx.residual = residual
+        ctx.shape = x.shape
+        w = w4.view(x.shape)
+        ctx.mark_non_differentiable(w)
+        ctx.set_materialize_grads(False)
+        return out.view(x.shape), w
+
+    @staticmethod
+    def backward(ctx, gout: Optional[Tensor], _gw: Optional[Tensor]):
+        x4, w, stats, vf, m, c = ctx.saved_tensors
+        if gout is None:
+            return (None,) * (5 + 2 * m.shape[0])
+        gout = gout.reshape(x4.shape)  # (P, H, N, Q)
+        gx, gm, gc = native.backward(gout, x4, w, stats, vf, m, c, ctx.residual, ctx.needs_input_grad[0])
+        gx = None if gx is None else gx.view(ctx.shape)
         return (gx, None, None, None, None, *gm.unbind(0), *gc.unbind(0))
 
 
@@ -373,6 +422,8 @@ def gaussian_product_attention(
     """
     assert x.dim() == 4 and len(mean_offsets) == len(scales) == x.shape[1]
     traced = torch.compiler.is_compiling()
+    if not traced and native.usable(x, vf):
+        return _GaussianProductNative.apply(x, vf, tuple(x.shape), eps, residual, *mean_offsets, *scales)
     if traced and _COMPILE_PLAIN_FORMULA:
         m = torch.stack(list(mean_offsets))  # (H, G)
         c = torch.stack(list(scales))

@@ -34,6 +34,7 @@ from gaussian_adaptive_attention import (
     GaussianBlock,
     MultiHeadGaussianAdaptiveAttention,
     __version__,
+    native,
 )
 
 F64 = torch.float64
@@ -41,6 +42,16 @@ F32 = torch.float32
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test twice: through the C kernels, and through PyTorch operations only."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "_disabled", True)
+    elif native.library() is None:
+        pytest.skip("no C compiler here: the native kernels are not built")
+    return request.param
 
 
 def randomise(module: torch.nn.Module, seed: int, offset_std: float = 0.3, log_c_std: float = 0.5) -> None:

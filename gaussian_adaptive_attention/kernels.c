@@ -1,0 +1,451 @@
+/* Product-mode Gaussian adaptive attention on the CPU, one read of the data.
+ *
+ * The same maths as functional.py's _GaussianProduct (read its docstring
+ * first), arranged so that every slice is loaded from memory once and each
+ * further pass over it runs in cache: the forward reads x and writes out and
+ * w; the backward reads gout, x and w and writes gx. The per-head algebra
+ * (collapsing G Gaussians into one, and the chain rule back to the offsets
+ * and scales) runs here too, in double, so that a layer is one call each way.
+ *
+ * Layout: x is (P, H, N, Q), contiguous; a slice is x[p, h, :, q]. Offsets
+ * and scales are (H, G). ``stats`` is (3, P, H, Q): each slice's mean, its
+ * variance + eps, and 1 where its eps clamp is inactive (the weights are a
+ * softmax). The optional 0/1 mask is (Pm, H, N, Qm) with Pm in {1, P} and
+ * Qm in {1, Q}.
+ *
+ * Work is cut into groups of up to LANES slices that are processed side by
+ * side, one "lane" per slice, so that the per-slice arithmetic vectorises
+ * across lanes too:
+ *   Q > 1:  a group is LANES neighbouring q of one (p, h); element (i, lane)
+ *           sits at i * Q + lane, and loops over lanes are unit-stride;
+ *   Q == 1: a group is LANES consecutive slices (p, h), each contiguous;
+ *           element (i, lane) sits at lane * N + i and loops run over i.
+ *
+ * The loop macros below read the group through the locals that GROUP_LOCALS
+ * declares, so that the compiler sees no aliasing between them and the data.
+ *
+ * Compiled twice by native.py, with REAL=float and REAL=double; the function
+ * names end in SFX (f32 or f64).
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <stdint.h>
+
+#ifndef REAL
+#define REAL float
+#define SFX f32
+#define REAL_IS_FLOAT
+#endif
+#define CAT2(a, b) a##_##b
+#define CAT(a, b) CAT2(a, b)
+#define NAME(f) CAT(f, SFX)
+
+typedef int64_t i64;
+typedef REAL real;
+
+#define LANES 64
+#define GRAIN 32768 /* elements below which a call stays on one thread */
+
+#ifdef REAL_IS_FLOAT
+/* exp(x) for x <= 0 in a form the compiler vectorises: x = n ln2 + r with
+ * |r| <= ln2 / 2, exp(r) by its Taylor series to r^7 (relative error below
+ * 1e-8 before rounding), 2^n from the exponent bits; 0 below -87. */
+static inline float exp_nonpos(float x) {
+    const float xc = x < -87.0f ? -87.0f : x;
+    const float n = floorf(xc * 1.44269504f + 0.5f);
+    float r = xc - n * 0.693145752f;
+    r = r - n * 1.42860677e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    const float y = p * two_n.f;
+    return x < -87.0f ? 0.0f : y;
+}
+#define EXP exp_nonpos
+#else
+#define EXP exp
+#endif
+
+/* Where one group's data lives. */
+typedef struct {
+    i64 n_lanes;
+    i64 k0;          /* per-slice index (into mu, v, act, part) of lane 0 */
+    i64 lane_stride; /* element (i, lane) is at offset i * i_stride + lane * lane_stride */
+    i64 i_stride;
+    i64 data0;       /* offset of element (0, 0) */
+    const real *mask; /* element (i, lane) of the mask: mask[mask0[lane] + i * mask_i] */
+    i64 mask_i;
+    i64 mask0[LANES];
+    i64 head[LANES];
+    real A[LANES], b[LANES], R[LANES], K[LANES];
+} Group;
+
+static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i64 Qm, i64 P, i64 H,
+                     i64 N, i64 Q) {
+    if (Q > 1) {
+        const i64 per = (Q + LANES - 1) / LANES, ph = t / per, q0 = (t % per) * LANES;
+        const i64 p = ph / H, h = ph % H;
+        g->n_lanes = Q - q0 < LANES ? Q - q0 : LANES;
+        g->k0 = ph * Q + q0;
+        g->lane_stride = 1;
+        g->i_stride = Q;
+        g->data0 = ph * N * Q + q0;
+        g->mask_i = Qm;
+        for (i64 l = 0; l < g->n_lanes; l++) {
+            g->head[l] = h;
+            g->A[l] = coef[h], g->b[l] = coef[H + h], g->R[l] = coef[2 * H + h], g->K[l] = coef[3 * H + h];
+            g->mask0[l] = ((Pm > 1 ? p : 0) * H + h) * N * Qm + (Qm > 1 ? q0 + l : 0);
+        }
+    } else {
+        const i64 s0 = t * LANES;
+        g->n_lanes = P * H - s0 < LANES ? P * H - s0 : LANES;
+        g->k0 = s0;
+        g->lane_stride = N;
+        g->i_stride = 1;
+        g->data0 = s0 * N;
+        g->mask_i = 1;
+        for (i64 l = 0; l < g->n_lanes; l++) {
+            const i64 s = s0 + l, h = s % H;
+            g->head[l] = h;
+            g->A[l] = coef[h], g->b[l] = coef[H + h], g->R[l] = coef[2 * H + h], g->K[l] = coef[3 * H + h];
+            g->mask0[l] = (Pm > 1 ? s : h) * N;
+        }
+    }
+    g->mask = m;
+}
+
+/* In the forward pass, short contiguous slices (Q == 1, N <= SHORT) are
+ * copied into a column tile, t[i * LANES + lane], and processed like the Q > 1
+ * layout: the loops, exp included, then run across lanes at full vector width
+ * instead of over 8 or 16 values at a time. The copies run in cache. (The
+ * backward pass, without exp, measured faster without the copies.) */
+#define SHORT 32
+
+static inline Group as_tile(const Group *g) {
+    Group t = *g;
+    t.data0 = 0, t.i_stride = LANES, t.lane_stride = 1;
+    return t;
+}
+
+static inline void tile_in(const Group *g, i64 N, const real *restrict src, real *restrict t) {
+    for (i64 l = 0; l < g->n_lanes; l++)
+        for (i64 i = 0; i < N; i++) t[i * LANES + l] = src[g->data0 + l * N + i];
+}
+
+static inline void tile_out(const Group *g, i64 N, const real *restrict t, real *restrict dst) {
+    for (i64 l = 0; l < g->n_lanes; l++)
+        for (i64 i = 0; i < N; i++) dst[g->data0 + l * N + i] = t[i * LANES + l];
+}
+
+static i64 n_groups(i64 P, i64 H, i64 Q) {
+    return Q > 1 ? P * H * ((Q + LANES - 1) / LANES) : (P * H + LANES - 1) / LANES;
+}
+
+/* Loops over every element (i, lane) of a group, with unit-stride inner loops
+ * in both layouts. Inside BODY: `at` is the element's offset, `mv` its
+ * validity (1 or 0) and `l` its lane. */
+#define MASK_AT(g, l, i) (masked ? mk_[mk0_[l] + (i) * mi_] : 1)
+
+#define GROUP_LOCALS(g)                                                             \
+    const i64 L = n_lanes, lst_ = (g)->lane_stride, ist_ = (g)->i_stride;     \
+    const i64 d0_ = (g)->data0, mi_ = (g)->mask_i;                                  \
+    const real *restrict mk_ = (g)->mask;                                           \
+    const i64 *restrict mk0_ = (g)->mask0;                                          \
+    (void)mk_, (void)mk0_, (void)mi_;
+
+/* Elementwise, no reduction. */
+#define FOR_EACH(g, N, BODY)                                                        \
+    if (lst_ == 1) {                                                    \
+        for (i64 i = 0; i < (N); i++) {                                             \
+            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {            \
+                const i64 at = d0_ + i * ist_ + l;                  \
+                const real mv = MASK_AT(g, l, i); (void)mv;                         \
+                BODY                                                                \
+            }                                                                       \
+        }                                                                           \
+    } else {                                                                        \
+        for (i64 l = 0; l < L; l++) {                                    \
+            _Pragma("omp simd") for (i64 i = 0; i < (N); i++) {                     \
+                const i64 at = d0_ + l * lst_ + i;               \
+                const real mv = MASK_AT(g, l, i); (void)mv;                         \
+                BODY                                                                \
+            }                                                                       \
+        }                                                                           \
+    }
+
+/* a1[l] += sum over i of E1 and a2[l] += sum of E2 (after BODY, which may
+ * define temporaries and write elements). */
+#define SUM_EACH(g, N, BODY, a1, E1, a2, E2)                                        \
+    if (lst_ == 1) {                                                    \
+        for (i64 i = 0; i < (N); i++) {                                             \
+            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {            \
+                const i64 at = d0_ + i * ist_ + l;                  \
+                const real mv = MASK_AT(g, l, i); (void)mv;                         \
+                BODY a1[l] += (E1);                                                 \
+                a2[l] += (E2);                                                      \
+            }                                                                       \
+        }                                                                           \
+    } else {                                                                        \
+        for (i64 l = 0; l < L; l++) {                                    \
+            real r1 = 0, r2 = 0;                                                    \
+            _Pragma("omp simd reduction(+ : r1, r2)") for (i64 i = 0; i < (N); i++) { \
+                const i64 at = d0_ + l * lst_ + i;               \
+                const real mv = MASK_AT(g, l, i); (void)mv;                         \
+                BODY r1 += (E1);                                                    \
+                r2 += (E2);                                                         \
+            }                                                                       \
+            a1[l] += r1;                                                            \
+            a2[l] += r2;                                                            \
+        }                                                                           \
+    }
+
+/* a[l] = max(a[l], max over i of E). */
+#define MAX_EACH(g, N, a, E)                                                        \
+    if (lst_ == 1) {                                                    \
+        for (i64 i = 0; i < (N); i++) {                                             \
+            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {            \
+                const i64 at = d0_ + i * ist_ + l;                  \
+                const real mv = MASK_AT(g, l, i); (void)mv;                         \
+                const real e_ = (E);                                                \
+                a[l] = e_ > a[l] ? e_ : a[l];                                       \
+            }                                                                       \
+        }                                                                           \
+    } else {                                                                        \
+        for (i64 l = 0; l < L; l++) {                                    \
+            real r = a[l];                                                          \
+            _Pragma("omp simd reduction(max : r)") for (i64 i = 0; i < (N); i++) {  \
+                const i64 at = d0_ + l * lst_ + i;               \
+                const real mv = MASK_AT(g, l, i); (void)mv;                         \
+                const real e_ = (E);                                                \
+                r = e_ > r ? e_ : r;                                                \
+            }                                                                       \
+            a[l] = r;                                                               \
+        }                                                                           \
+    }
+
+/* Run CALL with `mk` (masked or not), `Lk` (lanes) and `Nk` (the slice
+ * length) as constants where that pays: full groups and short contiguous
+ * slices (Q == 1) then need no loop remainders, and unmasked loops no mask
+ * loads. */
+#define SPECIALISE(CALL)                                                            \
+    if (m) {                                                                        \
+        const int mk = 1;                                                           \
+        const i64 Lk = g.n_lanes, Nk = N;                                           \
+        CALL;                                                                       \
+    } else {                                                                        \
+        const int mk = 0;                                                           \
+        const i64 Lk = g.n_lanes, Nk = N;                                           \
+        CALL;                                                                       \
+    }
+/* ------------------------------------------------------- head coefficients */
+
+/* The product of a head's G Gaussians as one Gaussian (functional.py's
+ * head_coefficients): coef = (A, b, R, K), each of length H, from the offsets
+ * m and the scales c, both (H, G). Computed in double. */
+static void head_coefficients(const real *m, const real *c, i64 H, i64 G, real *coef) {
+    for (i64 h = 0; h < H; h++) {
+        double A = 0, km = 0, R = 0, K = 0;
+        for (i64 j = 0; j < G; j++) {
+            const double cj = c[h * G + j], k = 0.5 / (cj * cj);
+            A += k, km += k * m[h * G + j], K += log(fabs(cj));
+        }
+        const double b = km / A;
+        for (i64 j = 0; j < G; j++) {
+            const double cj = c[h * G + j], dm = m[h * G + j] - b;
+            R += 0.5 / (cj * cj) * dm * dm;
+        }
+        coef[h] = A, coef[H + h] = b, coef[2 * H + h] = R;
+        coef[3 * H + h] = K + G * 0.91893853320467274178; /* log sqrt(2 pi) */
+    }
+}
+
+/* The offsets' and scales' gradients (H, G) from the head sums acc (4 x H):
+ * the sums over a head's slices of S2 / v, S0 / v, S0 and gmu, i.e. minus
+ * dL/dA, minus dL/dR, minus dL/dK and dL/db (functional.py's _parameter_grads). */
+static void head_gradients(const real *m, const real *c, i64 H, i64 G, const double *acc,
+                           real *gm, real *gc) {
+    for (i64 h = 0; h < H; h++) {
+        double A = 0, km = 0;
+        for (i64 j = 0; j < G; j++) {
+            const double cj = c[h * G + j], k = 0.5 / (cj * cj);
+            A += k, km += k * m[h * G + j];
+        }
+        const double b = km / A, sA = acc[4 * h], sR = acc[4 * h + 1], sK = acc[4 * h + 2],
+                     gb = acc[4 * h + 3];
+        for (i64 j = 0; j < G; j++) {
+            const double cj = c[h * G + j], k = 0.5 / (cj * cj), dm = m[h * G + j] - b;
+            const double gk = gb / A * dm - sA - sR * dm * dm;
+            gm[h * G + j] = (gb / A - 2 * sR * dm) * k;
+            gc[h * G + j] = (gk / (cj * cj) + sK) / -cj;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ forward */
+
+static inline __attribute__((always_inline)) void forward_group(const Group *g, i64 n_lanes, int masked, const real *restrict x, real *restrict out,
+                          real *restrict w, real *restrict mu_o, real *restrict v_o, real *restrict act_o, i64 N, real eps, real log_eps, int residual) {
+    GROUP_LOCALS(g)
+    real n[LANES], mu[LANES], sq[LANES], alpha[LANES], emax[LANES], s[LANES];
+    for (i64 l = 0; l < L; l++) n[l] = masked ? 0 : (real)N, mu[l] = 0, sq[l] = 0, emax[l] = -INFINITY, s[l] = 0;
+    /* mean over the valid positions */
+    if (masked) {
+        SUM_EACH(g, N, , n, mv, mu, mv > 0 ? x[at] : 0)
+    } else {
+        SUM_EACH(g, N, , mu, x[at], sq, 0)
+    }
+    for (i64 l = 0; l < L; l++) mu[l] /= n[l] > 1 ? n[l] : 1;
+    /* unbiased variance over them; 0 with fewer than two */
+    SUM_EACH(g, N, const real dx = mv > 0 ? x[at] - mu[l] : 0;, sq, dx * dx, s, 0)
+#pragma omp simd
+    for (i64 l = 0; l < L; l++) {
+        sq[l] = sq[l] / (n[l] - 1 > 1 ? n[l] - 1 : 1) + eps; /* now v */
+        alpha[l] = -g->A[l] / sq[l];
+        mu_o[g->k0 + l] = mu[l];
+        mu[l] += g->b[l]; /* now mu + b, as the backward pass recomputes it */
+    }
+    /* log p = alpha d^2 + top with d = x - mu - b and top = -R / v - K;
+     * shift the log-sum-exp by the largest alpha d^2 of the slice */
+    MAX_EACH(g, N, emax, mv > 0 ? alpha[l] * (x[at] - mu[l]) * (x[at] - mu[l]) : -INFINITY)
+    SUM_EACH(g, N,
+             const real d = x[at] - mu[l];
+             const real e = EXP(alpha[l] * d * d - emax[l]);
+             const real t = mv > 0 ? e : 0;
+             w[at] = t;, s, t, sq, 0)
+    /* w = t exp(top + emax - max(logsumexp, log eps)), logsumexp = top + emax + log s.
+     * With r = log eps - top - emax, the clamp is inactive when s > exp(r); since
+     * s >= 1 that holds for every r <= 0. Else the weights are t exp(-r). */
+#pragma omp simd
+    for (i64 l = 0; l < L; l++) {
+        const real r = log_eps - (-g->R[l] / sq[l] - g->K[l] + emax[l]);
+        const real e = EXP(r > 0 ? -r : 0);
+        const int active = r <= 0 || s[l] * e > 1;
+        alpha[l] = s[l] == 0 ? 0 : active ? 1 / s[l] : e; /* now the scale */
+        act_o[g->k0 + l] = active;
+        v_o[g->k0 + l] = sq[l];
+    }
+    FOR_EACH(g, N, {
+        const real wq = w[at] * alpha[l];
+        const real xz = mv > 0 ? x[at] : 0;
+        w[at] = wq;
+        out[at] = mv > 0 ? (residual ? x[at] + xz * wq : xz * wq) : x[at];
+    })
+}
+
+void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const real *m, i64 Pm,
+                       i64 Qm, const real *offsets, const real *scales, i64 G, i64 P, i64 H, i64 N,
+                       i64 Q, real eps, int residual) {
+    real coef[4 * H];
+    head_coefficients(offsets, scales, H, G, coef);
+    real *mu = stats, *v = stats + P * H * Q, *act = stats + 2 * P * H * Q;
+    const real log_eps = eps > 0 ? log(eps) : -INFINITY;
+    const i64 groups = n_groups(P, H, Q);
+#pragma omp parallel for schedule(static) if (P * H * N * Q >= GRAIN)
+    for (i64 t = 0; t < groups; t++) {
+        Group g;
+        group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
+        if (Q == 1 && N <= SHORT) {
+            real xt[SHORT * LANES], wt[SHORT * LANES], ot[SHORT * LANES];
+            const Group gt = as_tile(&g);
+            tile_in(&g, N, x, xt);
+            SPECIALISE(forward_group(&gt, Lk, mk, xt, ot, wt, mu, v, act, Nk, eps, log_eps, residual));
+            tile_out(&g, N, wt, w);
+            tile_out(&g, N, ot, out);
+        } else {
+            SPECIALISE(forward_group(&g, Lk, mk, x, out, w, mu, v, act, Nk, eps, log_eps, residual));
+        }
+    }
+}
+
+/* ----------------------------------------------------------------- backward */
+
+/* dL/dx, and each slice's share of the sums from which the head parameters'
+ * gradients follow, added to acc (4 x H). The derivation is in
+ * _GaussianProduct.backward. */
+static inline __attribute__((always_inline)) void backward_group(const Group *g, i64 n_lanes, int masked, const real *restrict gout,
+                           const real *restrict x, const real *restrict w, const real *restrict mu_i,
+                           const real *restrict v_i, const real *restrict act_i, real *restrict gx,
+                           double *restrict acc, i64 N, int residual) {
+    GROUP_LOCALS(g)
+    const i64 k0 = g->k0;
+    real n[LANES], mu[LANES], S[LANES], S1[LANES], S2[LANES], c0[2 * LANES], c1[LANES], c2[LANES];
+    for (i64 l = 0; l < L; l++) n[l] = masked ? 0 : (real)N, mu[l] = mu_i[k0 + l] + g->b[l], S[l] = 0, S1[l] = 0, S2[l] = 0;
+    /* S = sum of u = dL/dw * w = gout x w (w is 0 at invalid positions) */
+    if (masked) {
+        SUM_EACH(g, N, , n, mv, S, gout[at] * w[at] * (mv > 0 ? x[at] : 0))
+    } else {
+        SUM_EACH(g, N, , S, gout[at] * w[at] * x[at], S1, 0)
+    }
+    /* ge = dL/d(log p) = w (gout x - c0), c0 = S where the clamp is inactive, else 0 */
+    for (i64 l = 0; l < L; l++) c0[l] = act_i[k0 + l] > 0 ? S[l] : 0;
+    SUM_EACH(g, N,
+             const real xz = mv > 0 ? x[at] : 0;
+             const real d = mv > 0 ? xz - mu[l] : 0;
+             const real ged = (gout[at] * xz - c0[l]) * w[at] * d;, S1, ged, S2, ged * d)
+#pragma omp simd
+    for (i64 l = 0; l < L; l++) {
+        const i64 k = k0 + l;
+        const real inv_v = 1 / v_i[k];
+        const real S0 = act_i[k] > 0 ? 0 : S[l];
+        const real two_alpha = -2 * g->A[l] * inv_v;
+        const real gv = (g->A[l] * S2[l] + g->R[l] * S0) * inv_v * inv_v;
+        const real gmu = -two_alpha * S1[l];
+        const real beta1 = n[l] > 1 ? gv * 2 / (n[l] - 1) : 0;
+        c1[l] = two_alpha;
+        c2[l] = beta1;
+        S[l] = gmu / (n[l] > 1 ? n[l] : 1) + beta1 * g->b[l]; /* now beta0 */
+        /* the lane's share of the head sums (see head_gradients) */
+        S1[l] = gmu;
+        S2[l] *= inv_v;
+        n[l] = S0;
+        c0[L + l] = S0 * inv_v;
+    }
+    for (i64 l = 0; l < L; l++) {
+        double *a = acc + 4 * g->head[l];
+        a[0] += S2[l], a[1] += c0[L + l], a[2] += n[l], a[3] += S1[l];
+    }
+    if (!gx) return;
+    /* gx = gout w + 2 alpha ge d + beta1 d + beta0 (+ gout); gout at invalid positions */
+    FOR_EACH(g, N, {
+        const real xz = mv > 0 ? x[at] : 0;
+        const real d = xz - mu[l];
+        const real ge = (gout[at] * xz - c0[l]) * w[at];
+        const real gv = gout[at] * w[at] + c1[l] * ge * d + c2[l] * d + S[l];
+        gx[at] = mv > 0 ? (residual ? gv + gout[at] : gv) : gout[at];
+    })
+}
+
+void NAME(gaa_backward)(const real *gout, const real *x, const real *w, const real *stats,
+                        const real *m, i64 Pm, i64 Qm, const real *offsets, const real *scales,
+                        i64 G, real *gx, real *g_offsets, real *g_scales, i64 P, i64 H, i64 N,
+                        i64 Q, int residual) {
+    real coef[4 * H];
+    head_coefficients(offsets, scales, H, G, coef);
+    const real *mu = stats, *v = stats + P * H * Q, *act = stats + 2 * P * H * Q;
+    const i64 groups = n_groups(P, H, Q);
+    const int threads = P * H * N * Q >= GRAIN ? omp_get_max_threads() : 1;
+    /* one row of head sums per thread, added up in thread order afterwards so
+     * that the result does not depend on timing */
+    double *acc = calloc((size_t)threads * 4 * H, sizeof(double));
+#pragma omp parallel num_threads(threads)
+    {
+        double *mine = acc + (i64)omp_get_thread_num() * 4 * H;
+#pragma omp for schedule(static)
+        for (i64 t = 0; t < groups; t++) {
+            Group g;
+            group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
+            SPECIALISE(backward_group(&g, Lk, mk, gout, x, w, mu, v, act, gx, mine, Nk, residual));
+        }
+    }
+    for (int t = 1; t < threads; t++)
+        for (i64 j = 0; j < 4 * H; j++) acc[j] += acc[t * 4 * H + j];
+    head_gradients(offsets, scales, H, G, acc, g_offsets, g_scales);
+    free(acc);
+}

@@ -31,6 +31,11 @@ sum and gives them weight exactly 0; they come out unchanged. A slice with n
 valid positions uses the unbiased variance over those n; n <= 1 defines the
 variance as 0 (then + eps).
 
+On the CPU in eager mode, for float32 and float64, the product mode runs as
+one C call per direction instead (``_GaussianProductNative``, ``native.py``,
+``kernels.c``); what follows is the PyTorch path, used everywhere else and
+wherever the kernels cannot be built.
+
 Two formulations of the product mode share one ``autograd.Function``: the eager
 CPU one shifts the log-sum-exp by the analytic maximum of log p (no extra pass)
 and falls back to the data maximum only for slices that underflow; the
@@ -305,23 +310,14 @@ class _GaussianProduct(torch.autograd.Function):
             if ctx.residual:
                 gx.add_(gout)
 
+        # Per-head coefficient gradients (gA, gR, gK, gb), then back to (m, c).
         per_slice = torch.stack([S2 * inv_v, S0 * inv_v, S0, gmu])  # (4, P, H, 1, Q)
-        gm, gc = _parameter_grads(per_slice.sum((1, 3, 4)), k, A, dm, c)
+        gA, gR, gK, gb = per_slice.sum((1, 3, 4)).unsqueeze(-1).unbind(0)  # each (H, 1)
+        A2 = A.view(H, 1)
+        gk = (gb / A2 * dm).sub_(gA).sub_(gR * dm * dm)  # (H, G); gA, gR, gK enter negated
+        gm = (gb / A2 - 2.0 * gR * dm).mul_(k)
+        gc = (gk / (c * c)).add_(gK).div_(-c)
         return (gx, None, None, None, None, *gm.unbind(0), *gc.unbind(0))
-
-
-def _parameter_grads(sums: Tensor, k: Tensor, A: Tensor, dm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradients of the (H, G) offsets and scales from the per-head sums.
-
-    ``sums`` is (4, H): the sums over a head's slices of ``S2 / v``, ``S0 / v``,
-    ``S0`` and ``gmu``, i.e. minus dL/dA, minus dL/dR, minus dL/dK and dL/db.
-    """
-    gA, gR, gK, gb = sums.unsqueeze(-1).unbind(0)  # each (H, 1)
-    A2 = A.view(-1, 1)
-    gk = (gb / A2 * dm).sub_(gA).sub_(gR * dm * dm)  # (H, G); gA, gR, gK enter negated
-    gm = (gb / A2 - 2.0 * gR * dm).mul_(k)
-    gc = (gk / (c * c)).add_(gK).div_(-c)
-    return gm, gc
 
 
 class _GaussianProductNative(torch.autograd.Function):

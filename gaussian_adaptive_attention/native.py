@@ -2,16 +2,16 @@
 
 The product-mode forward and backward each become one call that reads every
 element once (see ``kernels.c``). Nothing is compiled at install time: the
-first eager CPU call compiles the file with the system's C compiler (about a
-second) into a cache folder, ``$GAA_CACHE_DIR`` or
-``$XDG_CACHE_HOME/gaussian_adaptive_attention`` (``~/.cache/...``), keyed by
-the source, the flags, the compiler and the CPU. Without a compiler, or with
-``GAA_NATIVE=0``, :func:`library` returns None and the library runs the same
-maths as PyTorch operations instead.
+first eager CPU call compiles the file with the system's C compiler (5 to 10
+seconds) into a cache folder, ``$GAA_CACHE_DIR`` or
+``$XDG_CACHE_HOME/gaussian_adaptive_attention`` (``~/.cache/...``), under a
+name keyed by the source, the flags, the compiler and the CPU. Without a
+compiler, off Linux, or with ``GAA_NATIVE=0``, :func:`library` returns None
+and the library runs the same maths as PyTorch operations instead.
 
-The kernels share PyTorch's OpenMP thread pool (the shared object links
-``libgomp.so.1``, which torch has already loaded) and honour
-``torch.set_num_threads``.
+The shared object links ``libgomp.so.1``; PyTorch's Linux wheels load a
+library of that name first, so the kernels run on PyTorch's OpenMP threads
+and follow ``torch.set_num_threads``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _TYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 
 _lib: Optional[dict] = None  # dtype -> (forward, backward) C functions
 _tried = False
-_disabled = False  # set by tests (and GAA_NATIVE=0) to exercise the PyTorch path
+_disabled = False  # tests set this to run the PyTorch path in-process
 
 
 def _cache_dir() -> Path:

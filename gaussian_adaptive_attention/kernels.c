@@ -134,14 +134,55 @@ static inline Group as_tile(const Group *g) {
     return t;
 }
 
+#if defined(REAL_IS_FLOAT) && defined(__AVX__)
+#include <immintrin.h>
+/* dst[k * ds + j] = src[j * ss + k] for an 8 x 8 block of floats. */
+static inline void transpose8(const float *src, i64 ss, float *dst, i64 ds) {
+    __m256 r[8], t[8], u[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + j * ss);
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);     /* 00 10 01 11 | 04 14 05 15 */
+        t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]); /* 02 12 03 13 | 06 16 07 17 */
+    }
+    for (int j = 0; j < 8; j += 4) {
+        u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);     /* 00 10 20 30 | 04 14 24 34 */
+        u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE); /* 01 11 21 31 | 05 ... */
+        u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+        u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        _mm256_storeu_ps(dst + k * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+        _mm256_storeu_ps(dst + (k + 4) * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+    }
+}
+#define BLOCKS8(g, N) ((g)->n_lanes % 8 == 0 && (N) % 8 == 0)
+#else
+#define BLOCKS8(g, N) 0
+static inline void transpose8(const real *src, i64 ss, real *dst, i64 ds) {
+    (void)src, (void)ss, (void)dst, (void)ds;
+}
+#endif
+
 static inline void tile_in(const Group *g, i64 N, const real *restrict src, real *restrict t) {
+    const real *s = src + g->data0;
+    if (BLOCKS8(g, N)) {
+        for (i64 l = 0; l < g->n_lanes; l += 8)
+            for (i64 i = 0; i < N; i += 8) transpose8(s + l * N + i, N, t + i * LANES + l, LANES);
+        return;
+    }
     for (i64 l = 0; l < g->n_lanes; l++)
-        for (i64 i = 0; i < N; i++) t[i * LANES + l] = src[g->data0 + l * N + i];
+        for (i64 i = 0; i < N; i++) t[i * LANES + l] = s[l * N + i];
 }
 
 static inline void tile_out(const Group *g, i64 N, const real *restrict t, real *restrict dst) {
+    real *d = dst + g->data0;
+    if (BLOCKS8(g, N)) {
+        for (i64 l = 0; l < g->n_lanes; l += 8)
+            for (i64 i = 0; i < N; i += 8) transpose8(t + i * LANES + l, LANES, d + l * N + i, N);
+        return;
+    }
     for (i64 l = 0; l < g->n_lanes; l++)
-        for (i64 i = 0; i < N; i++) dst[g->data0 + l * N + i] = t[i * LANES + l];
+        for (i64 i = 0; i < N; i++) d[l * N + i] = t[i * LANES + l];
 }
 
 static i64 n_groups(i64 P, i64 H, i64 Q) {

@@ -121,11 +121,10 @@ static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i
     g->mask = m;
 }
 
-/* In the forward pass, short contiguous slices (Q == 1, N <= SHORT) are
- * copied into a column tile, t[i * LANES + lane], and processed like the Q > 1
- * layout: the loops, exp included, then run across lanes at full vector width
- * instead of over 8 or 16 values at a time. The copies run in cache. (The
- * backward pass, without exp, measured faster without the copies.) */
+/* Short contiguous slices (Q == 1, N <= SHORT) are copied into a column tile,
+ * t[i * LANES + lane], and processed like the Q > 1 layout: the loops then
+ * run across lanes at full vector width instead of over 8 or 16 values at a
+ * time. The copies run in cache (8 x 8 blocks at a time with AVX). */
 #define SHORT 32
 
 static inline Group as_tile(const Group *g) {
@@ -482,7 +481,17 @@ void NAME(gaa_backward)(const real *gout, const real *x, const real *w, const re
         for (i64 t = 0; t < groups; t++) {
             Group g;
             group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
-            SPECIALISE(backward_group(&g, Lk, mk, gout, x, w, mu, v, act, gx, mine, Nk, residual));
+            if (Q == 1 && N <= SHORT) {
+                real gt_[SHORT * LANES], xt[SHORT * LANES], wt[SHORT * LANES], gxt[SHORT * LANES];
+                const Group gt = as_tile(&g);
+                tile_in(&g, N, gout, gt_);
+                tile_in(&g, N, x, xt);
+                tile_in(&g, N, w, wt);
+                SPECIALISE(backward_group(&gt, Lk, mk, gt_, xt, wt, mu, v, act, gx ? gxt : NULL, mine, Nk, residual));
+                if (gx) tile_out(&g, N, gxt, gx);
+            } else {
+                SPECIALISE(backward_group(&g, Lk, mk, gout, x, w, mu, v, act, gx, mine, Nk, residual));
+            }
         }
     }
     for (int t = 1; t < threads; t++)

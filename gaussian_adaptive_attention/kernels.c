@@ -76,7 +76,7 @@ static inline float exp_nonpos(float x) {
 /* Where one group's data lives. */
 typedef struct {
     i64 n_lanes;
-    i64 k0;          /* per-slice index (into mu, v, act, part) of lane 0 */
+    i64 k0;          /* per-slice index (into the stats) of lane 0 */
     i64 lane_stride; /* element (i, lane) is at offset i * i_stride + lane * lane_stride */
     i64 i_stride;
     i64 data0;       /* offset of element (0, 0) */
@@ -154,34 +154,35 @@ static inline void transpose8(const float *src, i64 ss, float *dst, i64 ds) {
         _mm256_storeu_ps(dst + (k + 4) * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
     }
 }
-#define BLOCKS8(g, N) ((g)->n_lanes % 8 == 0 && (N) % 8 == 0)
+#define BLOCKS8(L, N) ((L) % 8 == 0 && (N) % 8 == 0)
 #else
-#define BLOCKS8(g, N) 0
+#define BLOCKS8(L, N) 0
 static inline void transpose8(const real *src, i64 ss, real *dst, i64 ds) {
     (void)src, (void)ss, (void)dst, (void)ds;
 }
 #endif
 
-static inline void tile_in(const Group *g, i64 N, const real *restrict src, real *restrict t) {
-    const real *s = src + g->data0;
-    if (BLOCKS8(g, N)) {
-        for (i64 l = 0; l < g->n_lanes; l += 8)
-            for (i64 i = 0; i < N; i += 8) transpose8(s + l * N + i, N, t + i * LANES + l, LANES);
+/* dst[l * dl + i * di] = src[l * sl + i * si] for the lanes l < L and the
+ * positions i < N, where each pair of strides is 1 and something else: a
+ * transpose, between a group's rows and its column tile. */
+static inline void transpose_group(i64 L, i64 N, const real *restrict src, i64 sl, i64 si,
+                                   real *restrict dst, i64 dl, i64 di) {
+    if (BLOCKS8(L, N)) {
+        for (i64 l = 0; l < L; l += 8)
+            for (i64 i = 0; i < N; i += 8)
+                transpose8(src + l * sl + i * si, sl * si, dst + l * dl + i * di, dl * di);
         return;
     }
-    for (i64 l = 0; l < g->n_lanes; l++)
-        for (i64 i = 0; i < N; i++) t[i * LANES + l] = s[l * N + i];
+    for (i64 l = 0; l < L; l++)
+        for (i64 i = 0; i < N; i++) dst[l * dl + i * di] = src[l * sl + i * si];
+}
+
+static inline void tile_in(const Group *g, i64 N, const real *restrict src, real *restrict t) {
+    transpose_group(g->n_lanes, N, src + g->data0, N, 1, t, 1, LANES);
 }
 
 static inline void tile_out(const Group *g, i64 N, const real *restrict t, real *restrict dst) {
-    real *d = dst + g->data0;
-    if (BLOCKS8(g, N)) {
-        for (i64 l = 0; l < g->n_lanes; l += 8)
-            for (i64 i = 0; i < N; i += 8) transpose8(t + i * LANES + l, LANES, d + l * N + i, N);
-        return;
-    }
-    for (i64 l = 0; l < g->n_lanes; l++)
-        for (i64 i = 0; i < N; i++) d[l * N + i] = t[i * LANES + l];
+    transpose_group(g->n_lanes, N, t, 1, LANES, dst + g->data0, N, 1);
 }
 
 static i64 n_groups(i64 P, i64 H, i64 Q) {
@@ -194,7 +195,7 @@ static i64 n_groups(i64 P, i64 H, i64 Q) {
 #define MASK_AT(g, l, i) (masked ? mk_[mk0_[l] + (i) * mi_] : 1)
 
 #define GROUP_LOCALS(g)                                                             \
-    const i64 L = n_lanes, lst_ = (g)->lane_stride, ist_ = (g)->i_stride;     \
+    const i64 L = (g)->n_lanes, lst_ = (g)->lane_stride, ist_ = (g)->i_stride;      \
     const i64 d0_ = (g)->data0, mi_ = (g)->mask_i;                                  \
     const real *restrict mk_ = (g)->mask;                                           \
     const i64 *restrict mk0_ = (g)->mask0;                                          \
@@ -202,18 +203,18 @@ static i64 n_groups(i64 P, i64 H, i64 Q) {
 
 /* Elementwise, no reduction. */
 #define FOR_EACH(g, N, BODY)                                                        \
-    if (lst_ == 1) {                                                    \
+    if (lst_ == 1) {                                                                \
         for (i64 i = 0; i < (N); i++) {                                             \
-            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {            \
-                const i64 at = d0_ + i * ist_ + l;                  \
+            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {                       \
+                const i64 at = d0_ + i * ist_ + l;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 BODY                                                                \
             }                                                                       \
         }                                                                           \
     } else {                                                                        \
-        for (i64 l = 0; l < L; l++) {                                    \
+        for (i64 l = 0; l < L; l++) {                                               \
             _Pragma("omp simd") for (i64 i = 0; i < (N); i++) {                     \
-                const i64 at = d0_ + l * lst_ + i;               \
+                const i64 at = d0_ + l * lst_ + i;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 BODY                                                                \
             }                                                                       \
@@ -223,20 +224,20 @@ static i64 n_groups(i64 P, i64 H, i64 Q) {
 /* a1[l] += sum over i of E1 and a2[l] += sum of E2 (after BODY, which may
  * define temporaries and write elements). */
 #define SUM_EACH(g, N, BODY, a1, E1, a2, E2)                                        \
-    if (lst_ == 1) {                                                    \
+    if (lst_ == 1) {                                                                \
         for (i64 i = 0; i < (N); i++) {                                             \
-            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {            \
-                const i64 at = d0_ + i * ist_ + l;                  \
+            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {                       \
+                const i64 at = d0_ + i * ist_ + l;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 BODY a1[l] += (E1);                                                 \
                 a2[l] += (E2);                                                      \
             }                                                                       \
         }                                                                           \
     } else {                                                                        \
-        for (i64 l = 0; l < L; l++) {                                    \
+        for (i64 l = 0; l < L; l++) {                                               \
             real r1 = 0, r2 = 0;                                                    \
             _Pragma("omp simd reduction(+ : r1, r2)") for (i64 i = 0; i < (N); i++) { \
-                const i64 at = d0_ + l * lst_ + i;               \
+                const i64 at = d0_ + l * lst_ + i;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 BODY r1 += (E1);                                                    \
                 r2 += (E2);                                                         \
@@ -248,20 +249,20 @@ static i64 n_groups(i64 P, i64 H, i64 Q) {
 
 /* a[l] = max(a[l], max over i of E). */
 #define MAX_EACH(g, N, a, E)                                                        \
-    if (lst_ == 1) {                                                    \
+    if (lst_ == 1) {                                                                \
         for (i64 i = 0; i < (N); i++) {                                             \
-            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {            \
-                const i64 at = d0_ + i * ist_ + l;                  \
+            _Pragma("omp simd") for (i64 l = 0; l < L; l++) {                       \
+                const i64 at = d0_ + i * ist_ + l;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 const real e_ = (E);                                                \
                 a[l] = e_ > a[l] ? e_ : a[l];                                       \
             }                                                                       \
         }                                                                           \
     } else {                                                                        \
-        for (i64 l = 0; l < L; l++) {                                    \
+        for (i64 l = 0; l < L; l++) {                                               \
             real r = a[l];                                                          \
             _Pragma("omp simd reduction(max : r)") for (i64 i = 0; i < (N); i++) {  \
-                const i64 at = d0_ + l * lst_ + i;               \
+                const i64 at = d0_ + l * lst_ + i;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 const real e_ = (E);                                                \
                 r = e_ > r ? e_ : r;                                                \
@@ -270,20 +271,17 @@ static i64 n_groups(i64 P, i64 H, i64 Q) {
         }                                                                           \
     }
 
-/* Run CALL with `mk` (masked or not), `Lk` (lanes) and `Nk` (the slice
- * length) as constants where that pays: full groups and short contiguous
- * slices (Q == 1) then need no loop remainders, and unmasked loops no mask
- * loads. */
+/* Run CALL with `mk` (masked or not) as a constant: the unmasked loops then
+ * carry no mask loads. */
 #define SPECIALISE(CALL)                                                            \
     if (m) {                                                                        \
         const int mk = 1;                                                           \
-        const i64 Lk = g.n_lanes, Nk = N;                                           \
         CALL;                                                                       \
     } else {                                                                        \
         const int mk = 0;                                                           \
-        const i64 Lk = g.n_lanes, Nk = N;                                           \
         CALL;                                                                       \
     }
+
 /* ------------------------------------------------------- head coefficients */
 
 /* The product of a head's G Gaussians as one Gaussian (functional.py's
@@ -308,7 +306,7 @@ static void head_coefficients(const real *m, const real *c, i64 H, i64 G, real *
 
 /* The offsets' and scales' gradients (H, G) from the head sums acc (4 x H):
  * the sums over a head's slices of S2 / v, S0 / v, S0 and gmu, i.e. minus
- * dL/dA, minus dL/dR, minus dL/dK and dL/db (functional.py's _parameter_grads). */
+ * dL/dA, minus dL/dR, minus dL/dK and dL/db (as in _GaussianProduct.backward). */
 static void head_gradients(const real *m, const real *c, i64 H, i64 G, const double *acc,
                            real *gm, real *gc) {
     for (i64 h = 0; h < H; h++) {
@@ -330,7 +328,7 @@ static void head_gradients(const real *m, const real *c, i64 H, i64 G, const dou
 
 /* ------------------------------------------------------------------ forward */
 
-static inline __attribute__((always_inline)) void forward_group(const Group *g, i64 n_lanes, int masked, const real *restrict x, real *restrict out,
+static inline __attribute__((always_inline)) void forward_group(const Group *g, int masked, const real *restrict x, real *restrict out,
                           real *restrict w, real *restrict mu_o, real *restrict v_o, real *restrict act_o, i64 N, real eps, real log_eps, int residual) {
     GROUP_LOCALS(g)
     real n[LANES], mu[LANES], sq[LANES], alpha[LANES], emax[LANES], s[LANES];
@@ -395,11 +393,11 @@ void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const rea
             real xt[SHORT * LANES], wt[SHORT * LANES], ot[SHORT * LANES];
             const Group gt = as_tile(&g);
             tile_in(&g, N, x, xt);
-            SPECIALISE(forward_group(&gt, Lk, mk, xt, ot, wt, mu, v, act, Nk, eps, log_eps, residual));
+            SPECIALISE(forward_group(&gt, mk, xt, ot, wt, mu, v, act, N, eps, log_eps, residual));
             tile_out(&g, N, wt, w);
             tile_out(&g, N, ot, out);
         } else {
-            SPECIALISE(forward_group(&g, Lk, mk, x, out, w, mu, v, act, Nk, eps, log_eps, residual));
+            SPECIALISE(forward_group(&g, mk, x, out, w, mu, v, act, N, eps, log_eps, residual));
         }
     }
 }
@@ -409,7 +407,7 @@ void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const rea
 /* dL/dx, and each slice's share of the sums from which the head parameters'
  * gradients follow, added to acc (4 x H). The derivation is in
  * _GaussianProduct.backward. */
-static inline __attribute__((always_inline)) void backward_group(const Group *g, i64 n_lanes, int masked, const real *restrict gout,
+static inline __attribute__((always_inline)) void backward_group(const Group *g, int masked, const real *restrict gout,
                            const real *restrict x, const real *restrict w, const real *restrict mu_i,
                            const real *restrict v_i, const real *restrict act_i, real *restrict gx,
                            double *restrict acc, i64 N, int residual) {
@@ -462,7 +460,7 @@ static inline __attribute__((always_inline)) void backward_group(const Group *g,
     })
 }
 
-void NAME(gaa_backward)(const real *gout, const real *x, const real *w, const real *stats,
+int NAME(gaa_backward)(const real *gout, const real *x, const real *w, const real *stats,
                         const real *m, i64 Pm, i64 Qm, const real *offsets, const real *scales,
                         i64 G, real *gx, real *g_offsets, real *g_scales, i64 P, i64 H, i64 N,
                         i64 Q, int residual) {
@@ -474,6 +472,7 @@ void NAME(gaa_backward)(const real *gout, const real *x, const real *w, const re
     /* one row of head sums per thread, added up in thread order afterwards so
      * that the result does not depend on timing */
     double *acc = calloc((size_t)threads * 4 * H, sizeof(double));
+    if (!acc) return 1;
 #pragma omp parallel num_threads(threads)
     {
         double *mine = acc + (i64)omp_get_thread_num() * 4 * H;
@@ -487,10 +486,10 @@ void NAME(gaa_backward)(const real *gout, const real *x, const real *w, const re
                 tile_in(&g, N, gout, gt_);
                 tile_in(&g, N, x, xt);
                 tile_in(&g, N, w, wt);
-                SPECIALISE(backward_group(&gt, Lk, mk, gt_, xt, wt, mu, v, act, gx ? gxt : NULL, mine, Nk, residual));
+                SPECIALISE(backward_group(&gt, mk, gt_, xt, wt, mu, v, act, gx ? gxt : NULL, mine, N, residual));
                 if (gx) tile_out(&g, N, gxt, gx);
             } else {
-                SPECIALISE(backward_group(&g, Lk, mk, gout, x, w, mu, v, act, gx, mine, Nk, residual));
+                SPECIALISE(backward_group(&g, mk, gout, x, w, mu, v, act, gx, mine, N, residual));
             }
         }
     }
@@ -498,4 +497,5 @@ void NAME(gaa_backward)(const real *gout, const real *x, const real *w, const re
         for (i64 j = 0; j < 4 * H; j++) acc[j] += acc[t * 4 * H + j];
     head_gradients(offsets, scales, H, G, acc, g_offsets, g_scales);
     free(acc);
+    return 0;
 }

@@ -101,7 +101,7 @@ def library() -> Optional[dict]:
         fwd.restype = None
         bwd = getattr(lib, f"gaa_backward_{sfx}")
         bwd.argtypes = [ptr] * 5 + [i64, i64, ptr, ptr, i64, ptr, ptr, ptr] + [i64] * 4 + [ctypes.c_int]
-        bwd.restype = None
+        bwd.restype = ctypes.c_int  # 1: out of memory
         functions[dtype] = (fwd, bwd)
     _lib = functions
     return functions
@@ -147,9 +147,11 @@ def backward(
     gx = torch.empty_like(x) if need_gx else None
     gm, gc = torch.empty_like(m), torch.empty_like(c)
     mask, Pm, Qm = (None, 1, 1) if vf is None else (vf.data_ptr(), vf.shape[0], vf.shape[3])
-    _lib[x.dtype][1](
+    failed = _lib[x.dtype][1](
         gout.data_ptr(), x.data_ptr(), w.data_ptr(), stats.data_ptr(), mask, Pm, Qm,
         m.data_ptr(), c.data_ptr(), m.shape[1], None if gx is None else gx.data_ptr(),
         gm.data_ptr(), gc.data_ptr(), P, H, N, Q, residual,
     )
+    if failed:
+        raise MemoryError("gaussian_adaptive_attention: no memory for the backward pass's per-thread sums")
     return gx, gm, gc

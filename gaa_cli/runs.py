@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,7 +143,8 @@ def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig
                 if not pid.isdigit() or int(pid) >= len(shapes) or key not in ("step", "exp_avg", "exp_avg_sq"):
                     raise ValueError(f"unexpected optimiser tensor {name}")
                 want = () if key == "step" else shapes[int(pid)]
-                if tuple(t.shape) != want or (key != "step" and not t.is_floating_point()):
+                # gaa 0.1 stored each head's parameters as (G,): same values as a (1, G) row, reshaped on resume
+                if t.numel() != math.prod(want) or (key != "step" and not t.is_floating_point()):
                     raise ValueError(f"optimiser tensor {name} is {t.dtype} {tuple(t.shape)}, the model needs a float tensor of shape {want}")
     except (GaaError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: checkpoint training state is invalid ({reason(e)}); it cannot be resumed") from None

@@ -3,7 +3,7 @@
 from .attention import GaussianAdaptiveAttention, MultiHeadGaussianAdaptiveAttention
 from .gaussian_block import GaussianBlock
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "GaussianAdaptiveAttention",

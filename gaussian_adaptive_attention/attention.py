@@ -15,7 +15,7 @@ run all heads and all Gaussians in one pass (see ``functional.py``).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -105,11 +105,43 @@ class _HeadAttention(nn.Module):
     norm_axis: int
     mixture: bool
 
-    def _heads(self) -> Sequence["GaussianAdaptiveAttention"]:
+    def _params(self) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(mean_offsets, c, mixture_logits or None)``, each of shape (H, G)."""
         raise NotImplementedError
 
     def _head_eps(self) -> float:
         raise NotImplementedError
+
+    def _layout(self, x: Tensor, valid: Optional[Tensor], H: int) -> tuple[tuple[int, int, int, int], int, Optional[Tensor]]:
+        """``((P, H, L // H, Q), L, v3)`` for ``x``; ``v3`` is the validity as 0/1 (P|1, L, Q|1)."""
+        axis = self.norm_axis % x.dim()
+        shape = x.shape
+        L = shape[axis]
+        if L < H:
+            raise ValueError(
+                f"the normalised axis has length {L}, fewer than num_heads={H}: every head needs at least one position"
+            )
+        P = math.prod(shape[:axis])
+        Q = math.prod(shape[axis + 1 :])
+        v3 = None
+        if valid is not None:
+            cdtype = torch.promote_types(x.dtype, torch.float32)
+            vshape = (1,) * (x.dim() - valid.dim()) + tuple(valid.shape)
+            pre = 1 if all(s == 1 for s in vshape[:axis]) else P
+            post = 1 if all(s == 1 for s in vshape[axis + 1 :]) else Q
+            target = [1 if pre == 1 else s for s in shape[:axis]] + [L] + [1 if post == 1 else s for s in shape[axis + 1 :]]
+            v3 = valid.reshape(vshape).expand(target).reshape(pre, L, post).to(cdtype)  # (P|1, L, Q|1), 0/1
+        return (P, H, L // H, Q), L, v3
+
+    def _plan(self, x: Tensor, valid: Optional[Tensor], residual: bool) -> Optional[tuple]:
+        """This layer as a step of ``_GaussianProductNative`` (one C call per
+        direction, layout change included); None where the kernels do not take it."""
+        m = self._params()[0]
+        (P, H, N, Q), L, v3 = self._layout(x, valid, m.shape[0])
+        if L % H or self.mixture or m.dtype != x.dtype or x.numel() == 0 or not native.usable(x, None):
+            return None
+        vg = None if v3 is None else v3.reshape(v3.shape[0], H, N, v3.shape[2]).contiguous()  # (P|1, H, N, Q|1)
+        return (P, H, N, Q), vg, self._head_eps(), residual
 
     def _attend(self, x: Tensor, valid: Optional[Tensor], residual: bool) -> tuple[Tensor, Tensor]:
         """Attention over ``norm_axis``; returns ``(out, w)`` shaped like x.
@@ -117,34 +149,18 @@ class _HeadAttention(nn.Module):
         ``out`` is ``x * w`` (``x + x * w`` when ``residual``) at valid positions
         and ``x`` elsewhere. ``x`` must already have passed ``_check_input``.
         """
-        axis = self.norm_axis % x.dim()
-        heads = self._heads()
-        H = len(heads)
-        shape = x.shape
-        L = shape[axis]
-        chunk = L // H
-        if chunk == 0:
-            raise ValueError(
-                f"the normalised axis has length {L}, fewer than num_heads={H}: every head needs at least one position"
-            )
+        m, c, logits = self._params()
+        plan = self._plan(x, valid, residual)
+        if plan is not None:
+            return tuple(_GaussianProductNative.apply(x, (plan,), m, c))
+        (P, H, chunk, Q), L, v3 = self._layout(x, valid, m.shape[0])
         if x.numel() == 0:  # an empty batch: nothing to normalise
             return x.clone(), torch.zeros_like(x)
-        P = math.prod(shape[:axis])
-        Q = math.prod(shape[axis + 1 :])
+        shape = x.shape
         cdtype = torch.promote_types(x.dtype, torch.float32)  # statistics never in half precision
-        v3 = None
-        if valid is not None:
-            vshape = (1,) * (x.dim() - valid.dim()) + tuple(valid.shape)
-            pre = 1 if all(s == 1 for s in vshape[:axis]) else P
-            post = 1 if all(s == 1 for s in vshape[axis + 1 :]) else Q
-            target = [1 if pre == 1 else s for s in shape[:axis]] + [L] + [1 if post == 1 else s for s in shape[axis + 1 :]]
-            v3 = valid.reshape(vshape).expand(target).reshape(pre, L, post).to(cdtype)  # (P|1, L, Q|1), 0/1
-        params = [h.mean_offsets for h in heads] + [h.c for h in heads]
-        if L % H == 0 and not self.mixture and native.usable(x, None) and all(p.dtype == x.dtype for p in params):
-            # The common case in one C call per direction, layout change included.
-            vg = None if v3 is None else v3.reshape(v3.shape[0], H, chunk, v3.shape[2])  # (P|1, H, N, Q|1)
-            return _GaussianProductNative.apply(x, vg, (P, H, chunk, Q), self._head_eps(), residual, *params)
         x3 = _as(x, cdtype).reshape(P, L, Q)  # (P, L, Q)
+        m, c = _as(m, cdtype), _as(c, cdtype)
+        logits = None if logits is None else _as(logits, cdtype)
 
         # Heads 0..H-2 take `chunk` positions each, the last head the rest.
         if L % H == 0:
@@ -156,31 +172,16 @@ class _HeadAttention(nn.Module):
             lo, hi = first * chunk, first * chunk + nh * n
             xg = x3[:, lo:hi].reshape(P, nh, n, Q)  # (P, H, N, Q)
             vg = None if v3 is None else v3[:, lo:hi].reshape(v3.shape[0], nh, n, v3.shape[2])  # (P|1, H, N, Q|1)
-            out, w = self._kernel(xg, vg, heads[first : first + nh], cdtype, residual)
+            heads = slice(first, first + nh)
+            if logits is not None:
+                out, w = gaussian_mixture_attention(xg, vg, m[heads], c[heads], logits[heads], self._head_eps(), residual)
+            else:
+                out, w = gaussian_product_attention(xg, vg, m[heads], c[heads], self._head_eps(), residual)
             outs.append(out.reshape(P, nh * n, Q))  # (P, N*H, Q)
             ws.append(w.reshape(P, nh * n, Q))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (P, L, Q)
         w = ws[0] if len(ws) == 1 else torch.cat(ws, dim=1)
         return _as(out.reshape(shape), x.dtype), _as(w.reshape(shape), x.dtype)  # (B...)
-
-    def _kernel(
-        self,
-        x: Tensor,
-        vf: Optional[Tensor],
-        heads: Sequence["GaussianAdaptiveAttention"],
-        cdtype: torch.dtype,
-        residual: bool,
-    ) -> tuple[Tensor, Tensor]:
-        """One call for a group of heads of equal length: x is (P, H, N, Q), vf 0/1 or None."""
-        eps = self._head_eps()
-        if self.mixture:
-            m = torch.stack([h.mean_offsets for h in heads]).to(cdtype)  # (H, G)
-            c = torch.stack([h.c for h in heads]).to(cdtype)
-            logits = torch.stack([h.mixture_logits for h in heads]).to(cdtype)
-            return gaussian_mixture_attention(x, vf, m, c, logits, eps, residual)
-        ms = [_as(h.mean_offsets, cdtype) for h in heads]
-        cs = [_as(h.c, cdtype) for h in heads]
-        return gaussian_product_attention(x, vf, ms, cs, eps, residual)
 
 
 class GaussianAdaptiveAttention(_HeadAttention):
@@ -243,8 +244,8 @@ class GaussianAdaptiveAttention(_HeadAttention):
         if self.mixture:
             self.mixture_logits = nn.Parameter(torch.ones(num_gaussians))  # (G,)
 
-    def _heads(self) -> Sequence["GaussianAdaptiveAttention"]:
-        return [self]
+    def _params(self) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        return self.mean_offsets[None], self.c[None], self.mixture_logits[None] if self.mixture else None  # (1, G)
 
     def _head_eps(self) -> float:
         return self.eps
@@ -322,19 +323,34 @@ class MultiHeadGaussianAdaptiveAttention(_HeadAttention):
         self.padding_value = padding_value
         self.eps = float(eps)
         self.mixture = bool(mixture)
+        # The heads' parameters, stacked: row h is head h's (G,) parameter, drawn
+        # from the random stream in the original's order (head by head).
+        self.mean_offsets = nn.Parameter(torch.zeros(num_heads, num_gaussians))  # (H, G)
+        self.c = nn.Parameter(torch.exp(torch.randn(num_heads, num_gaussians)))  # (H, G)
+        if self.mixture:
+            self.mixture_logits = nn.Parameter(torch.ones(num_heads, num_gaussians))  # (H, G)
         # As in the original, eps lands in mean_offset_init and the heads keep eps=1e-8.
-        self.attention_heads = nn.ModuleList(
-            [
-                GaussianAdaptiveAttention(norm_axis, num_heads, num_gaussians, padding_value, eps, mixture=mixture)
-                for _ in range(num_heads)
-            ]
-        )
+        self.attention_heads = nn.ModuleList([_LayerHead(self, h, eps) for h in range(num_heads)])
 
-    def _heads(self) -> Sequence[GaussianAdaptiveAttention]:
-        return list(self.attention_heads)
+    def _params(self) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        p = self._parameters  # not through nn.Module.__getattr__: this runs on every call
+        return p["mean_offsets"], p["c"], p.get("mixture_logits")
 
     def _head_eps(self) -> float:
-        return self.attention_heads[0].eps  # 1e-8 unless changed by hand
+        return self._modules["attention_heads"]._modules["0"].eps  # 1e-8 unless changed by hand
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        pass  # the heads save their rows under the original's keys (attention_heads.{h}.*)
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+        missing_keys: list, unexpected_keys: list, error_msgs: list,
+    ) -> None:
+        # The heads load their rows; nothing else lives under this prefix.
+        if strict:
+            unexpected_keys.extend(
+                k for k in state_dict if k.startswith(prefix) and k[len(prefix) :].split(".")[0] not in self._modules
+            )
 
     def forward(
         self,
@@ -360,3 +376,71 @@ class MultiHeadGaussianAdaptiveAttention(_HeadAttention):
 
     def extra_repr(self) -> str:
         return f"norm_axis={self.norm_axis}, num_heads={self.num_heads}, num_gaussians={self.num_gaussians}"
+
+
+class _LayerHead(GaussianAdaptiveAttention):
+    """Head h of a multi-head layer: a :class:`GaussianAdaptiveAttention` whose
+    ``mean_offsets``, ``c`` (and ``mixture_logits``) are row h of the layer's
+    stacked (H, G) parameters, as views.
+
+    Reading, ``copy_`` and in-place updates under ``no_grad`` reach the layer's
+    parameters; gradients land on the layer's parameters (``layer.c.grad[h]``).
+    ``state_dict`` and ``load_state_dict`` use the original's per-head keys.
+    """
+
+    _names = ("mean_offsets", "c", "mixture_logits")
+
+    def __init__(self, layer: "MultiHeadGaussianAdaptiveAttention", head: int, mean_offset_init: float) -> None:
+        nn.Module.__init__(self)
+        self.__dict__["_layer"] = layer  # a plain reference: not a submodule, so nothing is counted twice
+        self.head = head
+        self.norm_axis = layer.norm_axis
+        self.num_heads = layer.num_heads
+        self.num_gaussians = layer.num_gaussians
+        self.padding_value = layer.padding_value
+        self.mean_offset_init = mean_offset_init
+        self.eps = 1e-8
+        self.mixture = layer.mixture
+
+    mean_offsets = property(lambda self: self._layer.mean_offsets[self.head])  # (G,)
+    c = property(lambda self: self._layer.c[self.head])  # (G,)
+    mixture_logits = property(lambda self: self._layer.mixture_logits[self.head])  # (G,)
+
+    def _params(self) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        rows = slice(self.head, self.head + 1)
+        layer = self._layer
+        return layer.mean_offsets[rows], layer.c[rows], layer.mixture_logits[rows] if self.mixture else None  # (1, G)
+
+    def _get_name(self) -> str:
+        return "GaussianAdaptiveAttention"  # what the original's repr shows
+
+    def _own(self) -> tuple[str, ...]:
+        return self._names if self.mixture else self._names[:2]
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        for name in self._own():
+            row = getattr(self, name)
+            destination[prefix + name] = row if keep_vars else row.detach()
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+        missing_keys: list, unexpected_keys: list, error_msgs: list,
+    ) -> None:
+        for name in self._own():
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            value, row = state_dict[key], getattr(self, name)
+            if not isinstance(value, Tensor):
+                error_msgs.append(f'While copying the parameter named "{key}", expected torch.Tensor but got {type(value).__name__}.')
+            elif value.shape != row.shape:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
+                    f"the shape in current model is {tuple(row.shape)}."
+                )
+            else:
+                with torch.no_grad():
+                    row.copy_(value)
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] not in self._own())

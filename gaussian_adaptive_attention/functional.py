@@ -46,7 +46,7 @@ the data maximum and keeps every step a plain tensor operation.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -132,9 +132,9 @@ def _slice_sum(t: Tensor, ones: Optional[Tensor]) -> Tensor:
 class _GaussianProduct(torch.autograd.Function):
     """Product-mode attention with a hand-derived backward (see module docstring).
 
-    ``apply(x, vf, eps, residual, traced, *ms, *cs)`` with x of shape
-    (P, H, N, Q), vf None or a 0/1 float validity mask broadcastable to x, and H
-    mean-offset tensors then H scale tensors of shape (G,). Returns
+    ``apply(x, vf, eps, residual, traced, m, c)`` with x of shape (P, H, N, Q),
+    vf None or a 0/1 float validity mask broadcastable to x, and the mean
+    offsets and scales m, c of shape (H, G). Returns
     ``(out, w)``: ``out = x * w`` (``x + x * w`` when ``residual``) with invalid
     positions passed through unchanged, and ``w`` the weights (not
     differentiable). ``traced`` (under torch.compile) avoids data-dependent
@@ -147,10 +147,8 @@ class _GaussianProduct(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, vf: Optional[Tensor], eps: float, residual: bool, traced: bool, *params: Tensor):
+    def forward(ctx, x: Tensor, vf: Optional[Tensor], eps: float, residual: bool, traced: bool, m: Tensor, c: Tensor):
         P, H, N, Q = x.shape
-        m = torch.stack(params[:H])  # (H, G)
-        c = torch.stack(params[H:])  # (H, G)
         k, A, b, dm, R, K = head_coefficients(m, c)
         b4, K4 = b.view(1, H, 1, 1), K.view(1, H, 1, 1)
         log_eps = _log_eps(eps)
@@ -246,7 +244,7 @@ class _GaussianProduct(torch.autograd.Function):
         xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c = ctx.saved_tensors
         H = xz.shape[1]
         if gout is None:
-            return (None,) * (5 + 2 * H)
+            return (None,) * 7
         n = ctx.n if ctx.n is not None else n_t
         inv_v = v.reciprocal()  # (P, H, 1, Q)
         two_alpha = (-2.0 * A).view(1, H, 1, 1) * inv_v  # d(log p)/dd = 2 alpha d
@@ -317,45 +315,50 @@ class _GaussianProduct(torch.autograd.Function):
         gk = (gb / A2 * dm).sub_(gA).sub_(gR * dm * dm)  # (H, G); gA, gR, gK enter negated
         gm = (gb / A2 - 2.0 * gR * dm).mul_(k)
         gc = (gk / (c * c)).add_(gK).div_(-c)
-        return (gx, None, None, None, None, *gm.unbind(0), *gc.unbind(0))
+        return gx, None, None, None, None, gm, gc
 
 
 class _GaussianProductNative(torch.autograd.Function):
-    """Product mode through the C kernels of ``native.py``: one call per direction.
+    """Product mode through the C kernels of ``native.py``: one call per layer and direction.
 
-    ``apply(x, vf, dims, eps, residual, *params)``: x of any shape that
-    ``reshape(dims)`` lays out as (P, H, N, Q); vf None or a 0/1 mask
-    (P|1, H, N, Q|1) in x's dtype; ``params`` the H offsets then the H scales
-    (each (G,)). Returns ``(out, w)`` shaped like x, as
-    :func:`gaussian_product_attention` does. The layout change happens inside,
-    so a layer adds one node to the autograd graph.
+    ``apply(x, plans, m_0, c_0, m_1, c_1, ...)`` runs one or more layers in a
+    chain, each on the previous one's output. ``plans[l]`` is ``(dims, vf,
+    eps, residual)``: ``x.reshape(dims)`` lays the input out as (P, H, N, Q),
+    vf is None or a 0/1 mask (P|1, H, N, Q|1) in x's dtype; ``m_l`` and
+    ``c_l`` are the layer's (H, G) offsets and scales. Returns ``(out, w_0,
+    w_1, ...)``, all shaped like x; each layer is what
+    :func:`gaussian_product_attention` computes. However many layers, the
+    chain is one node of the autograd graph.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, vf: Optional[Tensor], dims: tuple[int, int, int, int], eps: float, residual: bool, *params: Tensor):
-        H = dims[1]
-        m = torch.stack(params[:H])  # (H, G)
-        c = torch.stack(params[H:])
-        x4 = x.reshape(dims).contiguous()  # (P, H, N, Q)
-        vf = None if vf is None else vf.contiguous()
-        out, w4, stats = native.forward(x4, vf, m, c, eps, residual)
-        ctx.save_for_backward(x4, w4, stats, vf, m, c)
-        ctx.residual = residual
-        ctx.shape = x.shape
-        w = w4.view(x.shape)
-        ctx.mark_non_differentiable(w)
+    def forward(ctx, x: Tensor, plans: tuple, *params: Tensor):
+        h, saved, ws = x.contiguous(), [], []
+        for l, (dims, vf, eps, residual) in enumerate(plans):
+            m, c = params[2 * l].contiguous(), params[2 * l + 1].contiguous()
+            out, w, stats = native.forward(h, dims, vf, m, c, eps, residual)  # h laid out as dims: (P, H, N, Q)
+            saved += [h, w, stats, m, c]
+            ws.append(w)
+            h = out
+        ctx.save_for_backward(*saved)
+        ctx.plans = plans
+        ctx.mark_non_differentiable(*ws)
         ctx.set_materialize_grads(False)
-        return out.view(x.shape), w
+        return (h, *ws)
 
     @staticmethod
-    def backward(ctx, gout: Optional[Tensor], _gw: Optional[Tensor]):
-        x4, w, stats, vf, m, c = ctx.saved_tensors
+    def backward(ctx, gout: Optional[Tensor], *_gw: Optional[Tensor]):
+        n = len(ctx.plans)
         if gout is None:
-            return (None,) * (5 + 2 * m.shape[0])
-        gout = gout.reshape(x4.shape)  # (P, H, N, Q)
-        gx, gm, gc = native.backward(gout, x4, w, stats, vf, m, c, ctx.residual, ctx.needs_input_grad[0])
-        gx = None if gx is None else gx.view(ctx.shape)
-        return (gx, None, None, None, None, *gm.unbind(0), *gc.unbind(0))
+            return (None,) * (2 + 2 * n)
+        saved = ctx.saved_tensors
+        grads: list[Optional[Tensor]] = [None] * (2 * n)
+        for l in reversed(range(n)):
+            x, w, stats, m, c = saved[5 * l : 5 * l + 5]
+            dims, vf, _, residual = ctx.plans[l]
+            need_gx = l > 0 or ctx.needs_input_grad[0]
+            gout, grads[2 * l], grads[2 * l + 1] = native.backward(gout, x, w, stats, dims, vf, m, c, residual, need_gx)
+        return (gout, None, *grads)
 
 
 def _finite_amax(t: Tensor) -> Tensor:
@@ -397,8 +400,8 @@ def _normalise(
 def gaussian_product_attention(
     x: Tensor,
     vf: Optional[Tensor],
-    mean_offsets: Sequence[Tensor],
-    scales: Sequence[Tensor],
+    mean_offsets: Tensor,
+    scales: Tensor,
     eps: float,
     residual: bool = False,
 ) -> tuple[Tensor, Tensor]:
@@ -407,8 +410,8 @@ def gaussian_product_attention(
     Args:
         x: input laid out as (P, H, N, Q); normalised over dim 2.
         vf: None, or a 0/1 float mask broadcastable to x (1 = real position).
-        mean_offsets: H tensors of shape (G,), one per head.
-        scales: H tensors of shape (G,), one per head (the original's ``c``).
+        mean_offsets: shape (H, G), row h for head h.
+        scales: shape (H, G) (the original's ``c``).
         eps: added to the variance, and lower clamp of the normalising sum.
         residual: return ``x + x * w`` instead of ``x * w``.
 
@@ -416,15 +419,14 @@ def gaussian_product_attention(
         ``(out, w)``, both shaped like x; ``w`` is detached. Invalid positions
         have ``w == 0`` and ``out == x``.
     """
-    assert x.dim() == 4 and len(mean_offsets) == len(scales) == x.shape[1]
+    assert x.dim() == 4 and mean_offsets.shape[0] == scales.shape[0] == x.shape[1]
     traced = torch.compiler.is_compiling()
-    if not traced and native.usable(x, vf):
-        return _GaussianProductNative.apply(x, vf, tuple(x.shape), eps, residual, *mean_offsets, *scales)
+    if not traced and native.usable(x, vf) and mean_offsets.dtype == scales.dtype == x.dtype:
+        vf = None if vf is None else vf.contiguous()
+        return tuple(_GaussianProductNative.apply(x, ((tuple(x.shape), vf, eps, residual),), mean_offsets, scales))
     if traced and _COMPILE_PLAIN_FORMULA:
-        m = torch.stack(list(mean_offsets))  # (H, G)
-        c = torch.stack(list(scales))
-        return _gaussian_product_autograd(x, vf, eps, residual, m, c)
-    return _GaussianProduct.apply(x, vf, eps, residual, traced, *mean_offsets, *scales)
+        return _gaussian_product_autograd(x, vf, eps, residual, mean_offsets, scales)
+    return _GaussianProduct.apply(x, vf, eps, residual, traced, mean_offsets, scales)
 
 
 def gaussian_mixture_attention(

@@ -118,17 +118,20 @@ def usable(x: Tensor, vf: Optional[Tensor]) -> bool:
     )
 
 
-def forward(x: Tensor, vf: Optional[Tensor], m: Tensor, c: Tensor, eps: float, residual: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(out, w, stats)`` for x (P, H, N, Q), contiguous.
+def forward(
+    x: Tensor, dims: tuple[int, int, int, int], vf: Optional[Tensor], m: Tensor, c: Tensor, eps: float, residual: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(out, w, stats)`` for a contiguous x laid out as ``dims`` = (P, H, N, Q).
 
-    ``vf`` is None or a contiguous 0/1 mask (P|1, H, N, Q|1); ``m`` and ``c``
-    are the (H, G) offsets and scales, contiguous, in x's dtype. ``stats``
-    (3, P, H, Q) holds each slice's mean, variance + eps and whether its eps
-    clamp is inactive: what :func:`backward` needs besides x and w.
+    ``out`` and ``w`` have x's shape. ``vf`` is None or a contiguous 0/1 mask
+    (P|1, H, N, Q|1); ``m`` and ``c`` are the (H, G) offsets and scales,
+    contiguous, in x's dtype. ``stats`` (3, P, H, Q) holds each slice's mean,
+    variance + eps and whether its eps clamp is inactive: what
+    :func:`backward` needs besides x and w.
     """
-    P, H, N, Q = x.shape
+    P, H, N, Q = dims
     out, w = torch.empty_like(x), torch.empty_like(x)
-    stats = x.new_empty(3, P, H, Q)
+    stats = x.new_empty(3 * P * H * Q)
     mask, Pm, Qm = (None, 1, 1) if vf is None else (vf.data_ptr(), vf.shape[0], vf.shape[3])
     _lib[x.dtype][0](
         x.data_ptr(), out.data_ptr(), w.data_ptr(), stats.data_ptr(), mask, Pm, Qm,
@@ -138,11 +141,11 @@ def forward(x: Tensor, vf: Optional[Tensor], m: Tensor, c: Tensor, eps: float, r
 
 
 def backward(
-    gout: Tensor, x: Tensor, w: Tensor, stats: Tensor, vf: Optional[Tensor], m: Tensor, c: Tensor,
-    residual: bool, need_gx: bool,
+    gout: Tensor, x: Tensor, w: Tensor, stats: Tensor, dims: tuple[int, int, int, int], vf: Optional[Tensor],
+    m: Tensor, c: Tensor, residual: bool, need_gx: bool,
 ) -> tuple[Optional[Tensor], Tensor, Tensor]:
-    """``(gx, gm, gc)``: dL/dx (None unless ``need_gx``) and dL/dm, dL/dc (H, G)."""
-    P, H, N, Q = x.shape
+    """``(gx, gm, gc)``: dL/dx (x's shape; None unless ``need_gx``) and dL/dm, dL/dc (H, G)."""
+    P, H, N, Q = dims
     gout = gout.contiguous()
     gx = torch.empty_like(x) if need_gx else None
     gm, gc = torch.empty_like(m), torch.empty_like(c)

@@ -71,11 +71,15 @@ def clone_params(module: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tens
     return [p.detach().to(dtype).clone().requires_grad_() for p in module.parameters()]
 
 
+def as_oracle_heads(stacked: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+    """A layer's stacked (H, G) parameters (module order) as the oracle's heads: row h of each."""
+    return [tuple(t[h] for t in stacked) for h in range(stacked[0].shape[0])]
+
+
 def as_oracle_layers(block: GaussianBlock, flat: Sequence[torch.Tensor]) -> list[list[tuple[torch.Tensor, ...]]]:
     """Regroup a flat parameter list (module order) into the oracle's layers of heads."""
-    it = iter(flat)
-    per_head = 3 if block.mixture else 2
-    return [[tuple(next(it) for _ in range(per_head)) for _ in layer.attention_heads] for layer in block.layers]
+    per_layer = 3 if block.mixture else 2
+    return [as_oracle_heads(flat[i : i + per_layer]) for i in range(0, len(flat), per_layer)]
 
 
 def excess(actual: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-5) -> float:
@@ -248,7 +252,7 @@ def test_eps_clamp_regime_matches_oracle_float64() -> None:
     assert (sums[:, 0] < 1e-3).all() and (sums[:, 0] > 0).all()  # clamp active
     torch.testing.assert_close(sums[:, 1], torch.ones(5, dtype=F64))  # clamp inactive
     params = clone_params(mod, F64)
-    heads = [tuple(params[2 * h : 2 * h + 2]) for h in range(2)]
+    heads = as_oracle_heads(params)
     xr = x.detach().clone().requires_grad_()
     ref, ref_w = oracle_multihead(xr, 1, heads)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=0)
@@ -283,6 +287,7 @@ def test_whole_slice_underflow_gives_zero_weights() -> None:
     block = GaussianBlock([1], [2], [4], 1)
     with torch.no_grad():
         block.layers[0].attention_heads[0].c.fill_(1e15)  # head 0 underflows
+        block.layers[0].attention_heads[1].c.fill_(2.0)  # head 1: every weight well above 0
     x = torch.randn(3, 8, requires_grad=True)
     out, details = block(x, return_attention_details=True)
     w = details["layer_0"]
@@ -425,7 +430,7 @@ def test_random_masks_match_masked_oracle(layered: bool) -> None:
         out, w = mod(xr, mask=mask, return_attention_details=True)
         params = clone_params(mod, F64)
         xo = x.clone().requires_grad_()
-        ref, ref_w = masked_oracle_multihead(xo, 1, [tuple(params[2 * h : 2 * h + 2]) for h in range(3)], mask)
+        ref, ref_w = masked_oracle_multihead(xo, 1, as_oracle_heads(params), mask)
         ws, ref_ws = [w], [ref_w]
         mod_params = list(mod.parameters())
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
@@ -662,8 +667,8 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
     gout = torch.randn_like(x)
     ge = torch.autograd.grad(out_e, [xe, *block.parameters()], gout)
     gc = torch.autograd.grad(out_c, [xc, *block.parameters()], gout)
-    for a, b in zip(gc, ge):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(gc, ge):  # float32 parameter gradients are sums with cancellation: atol scales with them
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 + 1e-4 * float(b.abs().max()))
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -778,7 +783,7 @@ def test_return_types() -> None:
         assert w.shape == x.shape and not w.requires_grad
     out, details = block(x, return_attention_details=True)
     assert isinstance(details, dict) and list(details) == ["layer_0", "layer_1"]
-    assert __version__ == "0.1.0"
+    assert __version__ == "0.2.0"
 
 
 def test_parameter_gradients_without_input_gradient() -> None:
@@ -817,9 +822,9 @@ def test_branch_free_path_matches_eager_path(regime: str) -> None:
     results = []
     for variant in ("eager", "traced", "autograd"):
         xs = x.clone().requires_grad_()
-        ps = [p.clone().requires_grad_() for p in (*ms, *cs)]
+        ps = [torch.stack(ms).requires_grad_(), torch.stack(cs).requires_grad_()]  # (H, G) each
         if variant == "autograd":  # the plain formula, differentiated by autograd
-            out, w = _gaussian_product_autograd(xs, vf, 1e-8, True, torch.stack(ps[:H]), torch.stack(ps[H:]))
+            out, w = _gaussian_product_autograd(xs, vf, 1e-8, True, *ps)
         else:
             out, w = _GaussianProduct.apply(xs, vf, 1e-8, True, variant == "traced", *ps)
         grads = torch.autograd.grad(out, [xs, *ps], torch.ones_like(out))

@@ -37,11 +37,10 @@ def build(axis: int, heads: int, layers: int = 2, seed: int = 0) -> GaussianBloc
     block = GaussianBlock([axis] * layers, [heads] * layers, [3] * layers, layers)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in block.named_parameters():
-            if name.endswith("c"):
-                p.copy_(torch.exp(0.4 * torch.randn(p.shape, generator=gen)))
-            else:
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        for layer in block.layers:
+            for head in layer.attention_heads:  # drawn head by head, offsets then scales
+                head.mean_offsets.copy_(0.3 * torch.randn(3, generator=gen))
+                head.c.copy_(torch.exp(0.4 * torch.randn(3, generator=gen)))
     return block
 
 

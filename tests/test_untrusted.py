@@ -319,3 +319,19 @@ def test_the_untouched_checkpoint_passes_the_same_checks(trained, tmp_path):
     assert r.code == 0, r.stderr
     r = gaa("train", "--resume", trained["run"], "-q")  # finished run: resumes to the end at once
     assert r.code == 0, r.stderr
+
+
+def test_a_run_saved_with_per_head_optimiser_state_resumes(trained, tmp_path):
+    """gaa 0.1 kept each head's parameters (and so their optimiser state) as (G,); 0.2 stacks them as (H, G)."""
+    tensors, header = parts(trained["run"] / "last.safetensors")
+    rows = [k for k, t in tensors.items() if k.startswith("state.optim.") and t.dim() == 2 and t.shape[0] == 1]
+    assert rows, "the default model has one head per GaussianBlock layer: (1, G) parameters"
+    for k in rows:
+        tensors[k] = tensors[k].reshape(-1).contiguous()
+    edit_meta(lambda m: set_path(m, "train_config.epochs", m["train_config"]["epochs"] + 1))(tensors, header)  # one more epoch: steps
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(tensors, str(run / "last.safetensors"), metadata=header)
+    r = gaa("train", "--resume", run, "-q")
+    assert r.code == 0, r.stderr
+    assert all(t.dim() == 2 for k, t in parts(run / "last.safetensors")[0].items() if k in rows)  # saved back as (1, G)

@@ -712,6 +712,36 @@ def test_state_dict_layout_of_single_and_multihead() -> None:
     assert "attention_heads.1.mixture_logits" in mixture.state_dict()
 
 
+def test_heads_are_views_of_the_layers_stacked_parameters() -> None:
+    """Parameters are stored (H, G) per layer; each head still reads, writes, saves and loads its own row."""
+    torch.manual_seed(0)
+    multi = MultiHeadGaussianAdaptiveAttention(1, 3, 4)
+    assert [n for n, _ in multi.named_parameters()] == ["mean_offsets", "c"] and multi.c.shape == (3, 4)
+    torch.manual_seed(0)
+    assert torch.equal(multi.c, torch.stack([torch.exp(torch.randn(4)) for _ in range(3)]))  # the original's draws, head by head
+    head = multi.attention_heads[2]
+    assert isinstance(head, GaussianAdaptiveAttention) and repr(head).startswith("GaussianAdaptiveAttention(")
+    with torch.no_grad():
+        head.c.fill_(2.0)
+    assert torch.equal(multi.c[2], torch.full((4,), 2.0)) and not torch.equal(multi.c[1], multi.c[2])
+    head.load_state_dict({"mean_offsets": torch.full((4,), 0.5), "c": torch.full((4,), 3.0)})
+    assert torch.equal(multi.mean_offsets[2], torch.full((4,), 0.5)) and list(head.state_dict()) == ["mean_offsets", "c"]
+    x = torch.randn(2, 9)
+    single = GaussianAdaptiveAttention(1, 1, 4, None)
+    single.load_state_dict(head.state_dict())
+    torch.testing.assert_close(head(x[:, 6:]), single(x[:, 6:]))  # a head run on its own is a single-head module
+    multi(x).sum().backward()
+    assert multi.c.grad.shape == (3, 4) and (multi.c.grad != 0).all()
+    # strict loading names the per-head keys that are missing or unexpected
+    sd = multi.state_dict()
+    sd.pop("attention_heads.1.c")
+    sd["attention_heads.3.c"] = torch.ones(4)
+    result = multi.load_state_dict(sd, strict=False)
+    assert result.missing_keys == ["attention_heads.1.c"] and result.unexpected_keys == ["attention_heads.3.c"]
+    with pytest.raises(RuntimeError, match="size mismatch for attention_heads.0.c"):
+        multi.load_state_dict({**multi.state_dict(), "attention_heads.0.c": torch.ones(5)})
+
+
 def test_initialisation_matches_the_original() -> None:
     torch.manual_seed(0)
     mod = GaussianAdaptiveAttention(1, 1, 5, None, mean_offset_init=3.0)

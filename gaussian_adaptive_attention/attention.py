@@ -143,16 +143,18 @@ class _HeadAttention(nn.Module):
         vg = None if v3 is None else v3.reshape(v3.shape[0], H, N, v3.shape[2]).contiguous()  # (P|1, H, N, Q|1)
         return (P, H, N, Q), vg, self._head_eps(), residual
 
-    def _attend(self, x: Tensor, valid: Optional[Tensor], residual: bool) -> tuple[Tensor, Tensor]:
+    def _attend(self, x: Tensor, valid: Optional[Tensor], residual: bool, need_w: bool) -> tuple[Tensor, Optional[Tensor]]:
         """Attention over ``norm_axis``; returns ``(out, w)`` shaped like x.
 
         ``out`` is ``x * w`` (``x + x * w`` when ``residual``) at valid positions
-        and ``x`` elsewhere. ``x`` must already have passed ``_check_input``.
+        and ``x`` elsewhere; ``w`` may be None unless ``need_w``. ``x`` must
+        already have passed ``_check_input``.
         """
         m, c, logits = self._params()
         plan = self._plan(x, valid, residual)
         if plan is not None:
-            return tuple(_GaussianProductNative.apply(x, (plan,), m, c))
+            out, *w = _GaussianProductNative.apply(x, (plan,), need_w, m, c)
+            return out, w[0] if need_w else None
         (P, H, chunk, Q), L, v3 = self._layout(x, valid, m.shape[0])
         if x.numel() == 0:  # an empty batch: nothing to normalise
             return x.clone(), torch.zeros_like(x)
@@ -268,7 +270,7 @@ class GaussianAdaptiveAttention(_HeadAttention):
         """
         _check_input(x, self.norm_axis)
         valid = validity_mask(x, mask, self.padding_value)
-        out, w = self._attend(x, valid, residual=False)
+        out, w = self._attend(x, valid, residual=False, need_w=return_attention_details)
         return (out, w) if return_attention_details else out
 
     def extra_repr(self) -> str:
@@ -371,7 +373,7 @@ class MultiHeadGaussianAdaptiveAttention(_HeadAttention):
         """
         _check_input(x, self.norm_axis)
         valid = validity_mask(x, mask, self.padding_value)
-        out, w = self._attend(x, valid, residual=False)
+        out, w = self._attend(x, valid, residual=False, need_w=return_attention_details)
         return (out, w) if return_attention_details else out
 
     def extra_repr(self) -> str:

@@ -321,24 +321,27 @@ class _GaussianProduct(torch.autograd.Function):
 class _GaussianProductNative(torch.autograd.Function):
     """Product mode through the C kernels of ``native.py``: one call per layer and direction.
 
-    ``apply(x, plans, m_0, c_0, m_1, c_1, ...)`` runs one or more layers in a
-    chain, each on the previous one's output. ``plans[l]`` is ``(dims, vf,
-    eps, residual)``: ``x.reshape(dims)`` lays the input out as (P, H, N, Q),
-    vf is None or a 0/1 mask (P|1, H, N, Q|1) in x's dtype; ``m_l`` and
-    ``c_l`` are the layer's (H, G) offsets and scales. Returns ``(out, w_0,
-    w_1, ...)``, all shaped like x; each layer is what
-    :func:`gaussian_product_attention` computes. However many layers, the
-    chain is one node of the autograd graph.
+    ``apply(x, plans, need_w, m_0, c_0, m_1, c_1, ...)`` runs one or more
+    layers in a chain, each on the previous one's output. ``plans[l]`` is
+    ``(dims, vf, eps, residual)``: ``x.reshape(dims)`` lays the input out as
+    (P, H, N, Q), vf is None or a 0/1 mask (P|1, H, N, Q|1) in x's dtype;
+    ``m_l`` and ``c_l`` are the layer's (H, G) offsets and scales. Returns
+    ``(out, w_0, w_1, ...)``, all shaped like x, or ``(out,)`` without
+    ``need_w``; each layer is what :func:`gaussian_product_attention`
+    computes. However many layers, the chain is one node of the autograd
+    graph, and it keeps only each layer's input and four numbers per slice
+    for the backward pass (the weights are recomputed there).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, plans: tuple, *params: Tensor):
+    def forward(ctx, x: Tensor, plans: tuple, need_w: bool, *params: Tensor):
         h, saved, ws = x.contiguous(), [], []
         for l, (dims, vf, eps, residual) in enumerate(plans):
             m, c = params[2 * l].contiguous(), params[2 * l + 1].contiguous()
-            out, w, stats = native.forward(h, dims, vf, m, c, eps, residual)  # h laid out as dims: (P, H, N, Q)
-            saved += [h, w, stats, m, c]
-            ws.append(w)
+            out, w, stats = native.forward(h, dims, vf, m, c, eps, residual, need_w)  # h laid out as dims: (P, H, N, Q)
+            saved += [h, stats, m, c]
+            if need_w:
+                ws.append(w)
             h = out
         ctx.save_for_backward(*saved)
         ctx.plans = plans
@@ -350,15 +353,15 @@ class _GaussianProductNative(torch.autograd.Function):
     def backward(ctx, gout: Optional[Tensor], *_gw: Optional[Tensor]):
         n = len(ctx.plans)
         if gout is None:
-            return (None,) * (2 + 2 * n)
+            return (None,) * (3 + 2 * n)
         saved = ctx.saved_tensors
         grads: list[Optional[Tensor]] = [None] * (2 * n)
         for l in reversed(range(n)):
-            x, w, stats, m, c = saved[5 * l : 5 * l + 5]
+            x, stats, m, c = saved[4 * l : 4 * l + 4]
             dims, vf, _, residual = ctx.plans[l]
             need_gx = l > 0 or ctx.needs_input_grad[0]
-            gout, grads[2 * l], grads[2 * l + 1] = native.backward(gout, x, w, stats, dims, vf, m, c, residual, need_gx)
-        return (gout, None, *grads)
+            gout, grads[2 * l], grads[2 * l + 1] = native.backward(gout, x, stats, dims, vf, m, c, residual, need_gx)
+        return (gout, None, None, *grads)
 
 
 def _finite_amax(t: Tensor) -> Tensor:
@@ -423,7 +426,7 @@ def gaussian_product_attention(
     traced = torch.compiler.is_compiling()
     if not traced and native.usable(x, vf) and mean_offsets.dtype == scales.dtype == x.dtype:
         vf = None if vf is None else vf.contiguous()
-        return tuple(_GaussianProductNative.apply(x, ((tuple(x.shape), vf, eps, residual),), mean_offsets, scales))
+        return tuple(_GaussianProductNative.apply(x, ((tuple(x.shape), vf, eps, residual),), True, mean_offsets, scales))
     if traced and _COMPILE_PLAIN_FORMULA:
         return _gaussian_product_autograd(x, vf, eps, residual, mean_offsets, scales)
     return _GaussianProduct.apply(x, vf, eps, residual, traced, mean_offsets, scales)

@@ -97,11 +97,11 @@ class GaussianBlock(nn.Module):
         if all(plan is not None for plan in plans):
             # Every layer in C: the whole chain is one node of the autograd graph.
             params = [t for layer in self.layers for t in layer._params()[:2]]
-            x, *ws = _GaussianProductNative.apply(x, tuple(plans), *params)
+            x, *ws = _GaussianProductNative.apply(x, tuple(plans), return_attention_details, *params)
         else:
             ws = []
             for layer in self.layers:
-                x, w = layer._attend(x, valid, residual=True)
+                x, w = layer._attend(x, valid, residual=True, need_w=return_attention_details)
                 ws.append(w)
         if not return_attention_details:
             return x

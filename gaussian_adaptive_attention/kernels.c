@@ -2,16 +2,16 @@
  *
  * The same maths as functional.py's _GaussianProduct (read its docstring
  * first), arranged so that every slice is loaded from memory once and each
- * further pass over it runs in cache: the forward reads x and writes out and
- * w; the backward reads gout, x and w and writes gx. The per-head algebra
- * (collapsing G Gaussians into one, and the chain rule back to the offsets
- * and scales) runs here too, in double, so that a layer is one call each way.
+ * further pass over it runs in cache: the forward reads x and writes out (and
+ * the weights w only when asked: they are not needed later); the backward
+ * reads gout and x, recomputes w from x and four numbers per slice kept by
+ * the forward, and writes gx. The per-head algebra (collapsing G Gaussians
+ * into one, and the chain rule back to the offsets and scales) runs here too,
+ * in double, so that a layer is one call each way.
  *
  * Layout: x is (P, H, N, Q), contiguous; a slice is x[p, h, :, q]. Offsets
- * and scales are (H, G). ``stats`` is (3, P, H, Q): each slice's mean, its
- * variance + eps, and 1 where its eps clamp is inactive (the weights are a
- * softmax). The optional 0/1 mask is (Pm, H, N, Qm) with Pm in {1, P} and
- * Qm in {1, Q}.
+ * and scales are (H, G). ``stats`` is (4, P, H, Q), see Stats below. The
+ * optional 0/1 mask is (Pm, H, N, Qm) with Pm in {1, P} and Qm in {1, Q}.
  *
  * Work is cut into groups of up to LANES slices that are processed side by
  * side, one "lane" per slice, so that the per-slice arithmetic vectorises
@@ -45,6 +45,8 @@ typedef int64_t i64;
 typedef REAL real;
 
 #define LANES 64
+/* A slice whose sum of exp(alpha d^2) falls below this is redone shifted by its max. */
+#define UNDERFLOW ((real)1e-6)
 #define GRAIN 32768 /* elements below which a call stays on one thread */
 
 #ifdef REAL_IS_FLOAT
@@ -71,6 +73,18 @@ static inline float exp_nonpos(float x) {
 #define EXP exp_nonpos
 #else
 #define EXP exp
+#endif
+
+/* Weights far below 1 make subnormal products, which cost many times a
+ * normal one: each thread flushes them to 0 while it runs a kernel (they are
+ * below 1.2e-38 in float32), and restores its previous setting after. */
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#define FLUSH_DENORMALS_BEGIN const unsigned int csr_ = _mm_getcsr(); _mm_setcsr(csr_ | 0x8040u);
+#define FLUSH_DENORMALS_END _mm_setcsr(csr_);
+#else
+#define FLUSH_DENORMALS_BEGIN
+#define FLUSH_DENORMALS_END
 #endif
 
 /* Where one group's data lives. */
@@ -101,7 +115,7 @@ static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i
         for (i64 l = 0; l < g->n_lanes; l++) {
             g->head[l] = h;
             g->A[l] = coef[h], g->b[l] = coef[H + h], g->R[l] = coef[2 * H + h], g->K[l] = coef[3 * H + h];
-            g->mask0[l] = ((Pm > 1 ? p : 0) * H + h) * N * Qm + (Qm > 1 ? q0 + l : 0);
+            if (m) g->mask0[l] = ((Pm > 1 ? p : 0) * H + h) * N * Qm + (Qm > 1 ? q0 + l : 0);
         }
     } else {
         const i64 s0 = t * LANES;
@@ -111,11 +125,10 @@ static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i
         g->i_stride = 1;
         g->data0 = s0 * N;
         g->mask_i = 1;
-        for (i64 l = 0; l < g->n_lanes; l++) {
-            const i64 s = s0 + l, h = s % H;
+        for (i64 l = 0, h = s0 % H; l < g->n_lanes; l++, h = h + 1 == H ? 0 : h + 1) {
             g->head[l] = h;
             g->A[l] = coef[h], g->b[l] = coef[H + h], g->R[l] = coef[2 * H + h], g->K[l] = coef[3 * H + h];
-            g->mask0[l] = (Pm > 1 ? s : h) * N;
+            if (m) g->mask0[l] = (Pm > 1 ? s0 + l : h) * N;
         }
     }
     g->mask = m;
@@ -221,31 +234,33 @@ static i64 n_groups(i64 P, i64 H, i64 Q) {
         }                                                                           \
     }
 
-/* a1[l] += sum over i of E1 and a2[l] += sum of E2 (after BODY, which may
- * define temporaries and write elements). */
-#define SUM_EACH(g, N, BODY, a1, E1, a2, E2)                                        \
+/* a1[l] += sum over i of E1 and, when TWO, a2[l] += sum of E2 (after BODY,
+ * which may define temporaries and write elements). */
+#define SUM_IMPL(g, N, BODY, a1, E1, a2, E2, TWO)                                   \
     if (lst_ == 1) {                                                                \
         for (i64 i = 0; i < (N); i++) {                                             \
             _Pragma("omp simd") for (i64 l = 0; l < L; l++) {                       \
                 const i64 at = d0_ + i * ist_ + l;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 BODY a1[l] += (E1);                                                 \
-                a2[l] += (E2);                                                      \
+                if (TWO) a2[l] += (E2);                                             \
             }                                                                       \
         }                                                                           \
     } else {                                                                        \
         for (i64 l = 0; l < L; l++) {                                               \
             real r1 = 0, r2 = 0;                                                    \
-            _Pragma("omp simd reduction(+ : r1, r2)") for (i64 i = 0; i < (N); i++) { \
+            _Pragma("omp simd reduction(+ : r1, r2)") for (i64 i = 0; i < (N); i++) {\
                 const i64 at = d0_ + l * lst_ + i;                                  \
                 const real mv = MASK_AT(g, l, i); (void)mv;                         \
                 BODY r1 += (E1);                                                    \
-                r2 += (E2);                                                         \
+                if (TWO) r2 += (E2);                                                \
             }                                                                       \
             a1[l] += r1;                                                            \
-            a2[l] += r2;                                                            \
+            if (TWO) a2[l] += r2;                                                   \
         }                                                                           \
     }
+#define SUM_EACH(g, N, BODY, a1, E1, a2, E2) SUM_IMPL(g, N, BODY, a1, E1, a2, E2, 1)
+#define SUM1(g, N, BODY, a1, E1) SUM_IMPL(g, N, BODY, a1, E1, a1, 0, 0)
 
 /* a[l] = max(a[l], max over i of E). */
 #define MAX_EACH(g, N, a, E)                                                        \
@@ -328,53 +343,90 @@ static void head_gradients(const real *m, const real *c, i64 H, i64 G, const dou
 
 /* ------------------------------------------------------------------ forward */
 
-static inline __attribute__((always_inline)) void forward_group(const Group *g, int masked, const real *restrict x, real *restrict out,
-                          real *restrict w, real *restrict mu_o, real *restrict v_o, real *restrict act_o, i64 N, real eps, real log_eps, int residual) {
+/* Per-slice statistics, rows of ``stats`` (each P * H * Q long). The weights
+ * are w = exp(alpha d^2 - shift) * |scale| with d = x - mean - b and
+ * alpha = -A / v, so the backward pass recomputes them from x and these. */
+typedef struct {
+    real *mean, *var, *shift, *scale; /* var includes eps; scale < 0: the eps clamp is active */
+} Stats;
+
+static inline Stats stats_rows(real *stats, i64 slices) {
+    return (Stats){stats, stats + slices, stats + 2 * slices, stats + 3 * slices};
+}
+
+/* One group: out (and, when keep_w, w) from x. w is also the scratch that
+ * holds the unnormalised weights; it may be the same memory as out when the
+ * caller does not want the weights (keep_w = 0). */
+static inline __attribute__((always_inline)) void forward_group(const Group *g, int masked, const real *restrict x, real *out,
+                          real *w, int keep_w, Stats st, i64 N, real eps, real log_eps, int residual) {
     GROUP_LOCALS(g)
+    const i64 k0 = g->k0;
     real n[LANES], mu[LANES], sq[LANES], alpha[LANES], emax[LANES], s[LANES];
-    for (i64 l = 0; l < L; l++) n[l] = masked ? 0 : (real)N, mu[l] = 0, sq[l] = 0, emax[l] = -INFINITY, s[l] = 0;
+    for (i64 l = 0; l < L; l++) n[l] = masked ? 0 : (real)N, mu[l] = 0, sq[l] = 0, emax[l] = 0, s[l] = 0;
     /* mean over the valid positions */
     if (masked) {
         SUM_EACH(g, N, , n, mv, mu, mv > 0 ? x[at] : 0)
     } else {
-        SUM_EACH(g, N, , mu, x[at], sq, 0)
+        SUM1(g, N, , mu, x[at])
     }
     for (i64 l = 0; l < L; l++) mu[l] /= n[l] > 1 ? n[l] : 1;
     /* unbiased variance over them; 0 with fewer than two */
-    SUM_EACH(g, N, const real dx = mv > 0 ? x[at] - mu[l] : 0;, sq, dx * dx, s, 0)
+    SUM1(g, N, const real dx = mv > 0 ? x[at] - mu[l] : 0;, sq, dx * dx)
 #pragma omp simd
     for (i64 l = 0; l < L; l++) {
         sq[l] = sq[l] / (n[l] - 1 > 1 ? n[l] - 1 : 1) + eps; /* now v */
         alpha[l] = -g->A[l] / sq[l];
-        mu_o[g->k0 + l] = mu[l];
+        st.mean[k0 + l] = mu[l];
         mu[l] += g->b[l]; /* now mu + b, as the backward pass recomputes it */
     }
-    /* log p = alpha d^2 + top with d = x - mu - b and top = -R / v - K;
-     * shift the log-sum-exp by the largest alpha d^2 of the slice */
-    MAX_EACH(g, N, emax, mv > 0 ? alpha[l] * (x[at] - mu[l]) * (x[at] - mu[l]) : -INFINITY)
-    SUM_EACH(g, N,
+    /* log p = alpha d^2 + top with d = x - mu - b and top = -R / v - K; since
+     * alpha d^2 <= 0, the log-sum-exp needs no shift beyond top (emax = 0) */
+    SUM1(g, N,
              const real d = x[at] - mu[l];
-             const real e = EXP(alpha[l] * d * d - emax[l]);
-             const real t = mv > 0 ? e : 0;
-             w[at] = t;, s, t, sq, 0)
-    /* w = t exp(top + emax - max(logsumexp, log eps)), logsumexp = top + emax + log s.
-     * With r = log eps - top - emax, the clamp is inactive when s > exp(r); since
-     * s >= 1 that holds for every r <= 0. Else the weights are t exp(-r). */
+             const real t = mv > 0 ? EXP(alpha[l] * d * d) : 0;
+             w[at] = t;, s, t)
+    int low = 0;
+    for (i64 l = 0; l < L; l++) low |= s[l] < UNDERFLOW && n[l] > 0;
+    if (low) {
+        /* a slice's sum is tiny or 0 although it has valid positions (small c,
+         * many Gaussians): shift the group's slices by their largest alpha d^2,
+         * kept in w so that the largest term is exactly exp(0) = 1 */
+        for (i64 l = 0; l < L; l++) emax[l] = -INFINITY, s[l] = 0;
+        FOR_EACH(g, N, {
+            const real d = x[at] - mu[l];
+            w[at] = mv > 0 ? alpha[l] * d * d : -INFINITY;
+        })
+        MAX_EACH(g, N, emax, w[at])
+        for (i64 l = 0; l < L; l++) emax[l] = emax[l] == -INFINITY ? 0 : emax[l];
+        SUM1(g, N, const real t = mv > 0 ? EXP(w[at] - emax[l]) : 0; w[at] = t;, s, t)
+    }
+    /* w = t exp(top + emax - max(logsumexp, log eps)) with logsumexp = top +
+     * emax + log s. With r = log eps - top - emax the clamp is inactive when
+     * s > exp(r), and then w = t / s; else w = t exp(-r). */
 #pragma omp simd
     for (i64 l = 0; l < L; l++) {
         const real r = log_eps - (-g->R[l] / sq[l] - g->K[l] + emax[l]);
-        const real e = EXP(r > 0 ? -r : 0);
-        const int active = r <= 0 || s[l] * e > 1;
-        alpha[l] = s[l] == 0 ? 0 : active ? 1 / s[l] : e; /* now the scale */
-        act_o[g->k0 + l] = active;
-        v_o[g->k0 + l] = sq[l];
+        const real e = EXP(r > 0 ? -r : r); /* exp(-|r|) */
+        const int active = r > 0 ? s[l] * e > 1 : s[l] > e;
+        alpha[l] = s[l] == 0 ? 0 : active ? 1 / s[l] : r > 0 ? e : 1 / e; /* now the scale */
+        st.var[k0 + l] = sq[l];
+        st.shift[k0 + l] = emax[l];
+        st.scale[k0 + l] = active ? alpha[l] : -alpha[l];
     }
-    FOR_EACH(g, N, {
-        const real wq = w[at] * alpha[l];
-        const real xz = mv > 0 ? x[at] : 0;
-        w[at] = wq;
-        out[at] = mv > 0 ? (residual ? x[at] + xz * wq : xz * wq) : x[at];
-    })
+    if (keep_w) {
+        FOR_EACH(g, N, {
+            const real wq = w[at] * alpha[l];
+            const real xz = mv > 0 ? x[at] : 0;
+            w[at] = wq;
+            out[at] = mv > 0 ? (residual ? x[at] + xz * wq : xz * wq) : x[at];
+        })
+    } else {
+        FOR_EACH(g, N, {
+            const real wq = w[at] * alpha[l];
+            const real xz = mv > 0 ? x[at] : 0;
+            out[at] = mv > 0 ? (residual ? x[at] + xz * wq : xz * wq) : x[at];
+        })
+    }
 }
 
 void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const real *m, i64 Pm,
@@ -382,23 +434,30 @@ void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const rea
                        i64 Q, real eps, int residual) {
     real coef[4 * H];
     head_coefficients(offsets, scales, H, G, coef);
-    real *mu = stats, *v = stats + P * H * Q, *act = stats + 2 * P * H * Q;
+    const Stats st = stats_rows(stats, P * H * Q);
     const real log_eps = eps > 0 ? log(eps) : -INFINITY;
     const i64 groups = n_groups(P, H, Q);
-#pragma omp parallel for schedule(static) if (P * H * N * Q >= GRAIN)
-    for (i64 t = 0; t < groups; t++) {
-        Group g;
-        group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
-        if (Q == 1 && N <= SHORT) {
-            real xt[SHORT * LANES], wt[SHORT * LANES], ot[SHORT * LANES];
-            const Group gt = as_tile(&g);
-            tile_in(&g, N, x, xt);
-            SPECIALISE(forward_group(&gt, mk, xt, ot, wt, mu, v, act, N, eps, log_eps, residual));
-            tile_out(&g, N, wt, w);
-            tile_out(&g, N, ot, out);
-        } else {
-            SPECIALISE(forward_group(&g, mk, x, out, w, mu, v, act, N, eps, log_eps, residual));
+#pragma omp parallel if (P * H * N * Q >= GRAIN)
+    {
+        FLUSH_DENORMALS_BEGIN
+#pragma omp for schedule(static)
+        for (i64 t = 0; t < groups; t++) {
+            Group g;
+            group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
+            if (Q == 1 && N <= SHORT) {
+                real xt[SHORT * LANES], wt[SHORT * LANES], ot[SHORT * LANES];
+                const Group gt = as_tile(&g);
+                tile_in(&g, N, x, xt);
+                SPECIALISE(forward_group(&gt, mk, xt, ot, wt, 1, st, N, eps, log_eps, residual));
+                if (w) tile_out(&g, N, wt, w);
+                tile_out(&g, N, ot, out);
+            } else if (w) {
+                SPECIALISE(forward_group(&g, mk, x, out, w, 1, st, N, eps, log_eps, residual));
+            } else {
+                SPECIALISE(forward_group(&g, mk, x, out, out, 0, st, N, eps, log_eps, residual));
+            }
         }
+        FLUSH_DENORMALS_END
     }
 }
 
@@ -406,33 +465,50 @@ void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const rea
 
 /* dL/dx, and each slice's share of the sums from which the head parameters'
  * gradients follow, added to acc (4 x H). The derivation is in
- * _GaussianProduct.backward. */
+ * _GaussianProduct.backward. The weights are recomputed from x and the
+ * stats: once into wscr when the caller gives a scratch (it may be the same
+ * memory as gx), else in each pass. */
 static inline __attribute__((always_inline)) void backward_group(const Group *g, int masked, const real *restrict gout,
-                           const real *restrict x, const real *restrict w, const real *restrict mu_i,
-                           const real *restrict v_i, const real *restrict act_i, real *restrict gx,
+                           const real *restrict x, real *wscr, Stats st, real *gx,
                            double *restrict acc, i64 N, int residual) {
     GROUP_LOCALS(g)
     const i64 k0 = g->k0;
-    real n[LANES], mu[LANES], S[LANES], S1[LANES], S2[LANES], c0[2 * LANES], c1[LANES], c2[LANES];
-    for (i64 l = 0; l < L; l++) n[l] = masked ? 0 : (real)N, mu[l] = mu_i[k0 + l] + g->b[l], S[l] = 0, S1[l] = 0, S2[l] = 0;
+    real n[LANES], mu[LANES], alpha[LANES], sh[LANES], sc[LANES], S[LANES], S1[LANES], S2[LANES], c0[2 * LANES], c1[LANES], c2[LANES];
+#pragma omp simd
+    for (i64 l = 0; l < L; l++) {
+        const real scale = st.scale[k0 + l];
+        n[l] = masked ? 0 : (real)N, mu[l] = st.mean[k0 + l] + g->b[l], S[l] = 0, S1[l] = 0, S2[l] = 0;
+        alpha[l] = -g->A[l] / st.var[k0 + l], sh[l] = st.shift[k0 + l], sc[l] = scale < 0 ? -scale : scale;
+        c0[L + l] = scale > 0; /* the clamp is inactive */
+    }
+#define WEIGHT (mv > 0 ? EXP(alpha[l] * (x[at] - mu[l]) * (x[at] - mu[l]) - sh[l]) * sc[l] : 0)
+#define W_AT (wscr ? wscr[at] : WEIGHT)
     /* S = sum of u = dL/dw * w = gout x w (w is 0 at invalid positions) */
-    if (masked) {
-        SUM_EACH(g, N, , n, mv, S, gout[at] * w[at] * (mv > 0 ? x[at] : 0))
+    if (wscr) {
+        if (masked) {
+            SUM_EACH(g, N, const real wv = WEIGHT; wscr[at] = wv;, n, mv, S, gout[at] * wv * (mv > 0 ? x[at] : 0))
+        } else {
+            SUM1(g, N, const real wv = WEIGHT; wscr[at] = wv;, S, gout[at] * wv * x[at])
+        }
     } else {
-        SUM_EACH(g, N, , S, gout[at] * w[at] * x[at], S1, 0)
+        if (masked) {
+            SUM_EACH(g, N, const real wv = WEIGHT;, n, mv, S, gout[at] * wv * (mv > 0 ? x[at] : 0))
+        } else {
+            SUM1(g, N, const real wv = WEIGHT;, S, gout[at] * wv * x[at])
+        }
     }
     /* ge = dL/d(log p) = w (gout x - c0), c0 = S where the clamp is inactive, else 0 */
-    for (i64 l = 0; l < L; l++) c0[l] = act_i[k0 + l] > 0 ? S[l] : 0;
+    for (i64 l = 0; l < L; l++) c0[l] = c0[L + l] > 0 ? S[l] : 0;
     SUM_EACH(g, N,
              const real xz = mv > 0 ? x[at] : 0;
              const real d = mv > 0 ? xz - mu[l] : 0;
-             const real ged = (gout[at] * xz - c0[l]) * w[at] * d;, S1, ged, S2, ged * d)
+             const real ged = (gout[at] * xz - c0[l]) * W_AT * d;, S1, ged, S2, ged * d)
 #pragma omp simd
     for (i64 l = 0; l < L; l++) {
         const i64 k = k0 + l;
-        const real inv_v = 1 / v_i[k];
-        const real S0 = act_i[k] > 0 ? 0 : S[l];
-        const real two_alpha = -2 * g->A[l] * inv_v;
+        const real inv_v = 1 / st.var[k];
+        const real S0 = c0[L + l] > 0 ? 0 : S[l];
+        const real two_alpha = 2 * alpha[l];
         const real gv = (g->A[l] * S2[l] + g->R[l] * S0) * inv_v * inv_v;
         const real gmu = -two_alpha * S1[l];
         const real beta1 = n[l] > 1 ? gv * 2 / (n[l] - 1) : 0;
@@ -454,19 +530,21 @@ static inline __attribute__((always_inline)) void backward_group(const Group *g,
     FOR_EACH(g, N, {
         const real xz = mv > 0 ? x[at] : 0;
         const real d = xz - mu[l];
-        const real ge = (gout[at] * xz - c0[l]) * w[at];
-        const real gv = gout[at] * w[at] + c1[l] * ge * d + c2[l] * d + S[l];
+        const real wv = W_AT;
+        const real ge = (gout[at] * xz - c0[l]) * wv;
+        const real gv = gout[at] * wv + c1[l] * ge * d + c2[l] * d + S[l];
         gx[at] = mv > 0 ? (residual ? gv + gout[at] : gv) : gout[at];
     })
+#undef W_AT
+#undef WEIGHT
 }
 
-int NAME(gaa_backward)(const real *gout, const real *x, const real *w, const real *stats,
-                        const real *m, i64 Pm, i64 Qm, const real *offsets, const real *scales,
-                        i64 G, real *gx, real *g_offsets, real *g_scales, i64 P, i64 H, i64 N,
-                        i64 Q, int residual) {
+int NAME(gaa_backward)(const real *gout, const real *x, real *stats, const real *m, i64 Pm, i64 Qm,
+                        const real *offsets, const real *scales, i64 G, real *gx, real *g_offsets,
+                        real *g_scales, i64 P, i64 H, i64 N, i64 Q, int residual) {
     real coef[4 * H];
     head_coefficients(offsets, scales, H, G, coef);
-    const real *mu = stats, *v = stats + P * H * Q, *act = stats + 2 * P * H * Q;
+    const Stats st = stats_rows(stats, P * H * Q);
     const i64 groups = n_groups(P, H, Q);
     const int threads = P * H * N * Q >= GRAIN ? omp_get_max_threads() : 1;
     /* one row of head sums per thread, added up in thread order afterwards so
@@ -476,6 +554,7 @@ int NAME(gaa_backward)(const real *gout, const real *x, const real *w, const rea
 #pragma omp parallel num_threads(threads)
     {
         double *mine = acc + (i64)omp_get_thread_num() * 4 * H;
+        FLUSH_DENORMALS_BEGIN
 #pragma omp for schedule(static)
         for (i64 t = 0; t < groups; t++) {
             Group g;
@@ -485,13 +564,15 @@ int NAME(gaa_backward)(const real *gout, const real *x, const real *w, const rea
                 const Group gt = as_tile(&g);
                 tile_in(&g, N, gout, gt_);
                 tile_in(&g, N, x, xt);
-                tile_in(&g, N, w, wt);
-                SPECIALISE(backward_group(&gt, mk, gt_, xt, wt, mu, v, act, gx ? gxt : NULL, mine, N, residual));
+                SPECIALISE(backward_group(&gt, mk, gt_, xt, wt, st, gx ? gxt : NULL, mine, N, residual));
                 if (gx) tile_out(&g, N, gxt, gx);
+            } else if (gx) {
+                SPECIALISE(backward_group(&g, mk, gout, x, gx, st, gx, mine, N, residual));
             } else {
-                SPECIALISE(backward_group(&g, mk, gout, x, w, mu, v, act, gx, mine, N, residual));
+                SPECIALISE(backward_group(&g, mk, gout, x, NULL, st, NULL, mine, N, residual));
             }
         }
+        FLUSH_DENORMALS_END
     }
     for (int t = 1; t < threads; t++)
         for (i64 j = 0; j < 4 * H; j++) acc[j] += acc[t * 4 * H + j];

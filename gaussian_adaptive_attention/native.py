@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 _SOURCE = Path(__file__).with_name("kernels.c")
-_FLAGS = ["-O2", "-march=native", "-fopenmp", "-fPIC", "-std=c99", "-fno-math-errno", "-fno-trapping-math"]
+_FLAGS = ["-O2", "-march=native", "-fopenmp", "-fPIC", "-std=gnu99", "-fno-math-errno", "-fno-trapping-math"]
 _TYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 
 _lib: Optional[dict] = None  # dtype -> (forward, backward) C functions
@@ -100,7 +100,7 @@ def library() -> Optional[dict]:
         fwd.argtypes = [ptr] * 5 + [i64, i64, ptr, ptr] + [i64] * 5 + [real, ctypes.c_int]
         fwd.restype = None
         bwd = getattr(lib, f"gaa_backward_{sfx}")
-        bwd.argtypes = [ptr] * 5 + [i64, i64, ptr, ptr, i64, ptr, ptr, ptr] + [i64] * 4 + [ctypes.c_int]
+        bwd.argtypes = [ptr] * 4 + [i64, i64, ptr, ptr, i64, ptr, ptr, ptr] + [i64] * 4 + [ctypes.c_int]
         bwd.restype = ctypes.c_int  # 1: out of memory
         functions[dtype] = (fwd, bwd)
     _lib = functions
@@ -119,29 +119,31 @@ def usable(x: Tensor, vf: Optional[Tensor]) -> bool:
 
 
 def forward(
-    x: Tensor, dims: tuple[int, int, int, int], vf: Optional[Tensor], m: Tensor, c: Tensor, eps: float, residual: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+    x: Tensor, dims: tuple[int, int, int, int], vf: Optional[Tensor], m: Tensor, c: Tensor, eps: float,
+    residual: bool, need_w: bool,
+) -> tuple[Tensor, Optional[Tensor], Tensor]:
     """``(out, w, stats)`` for a contiguous x laid out as ``dims`` = (P, H, N, Q).
 
-    ``out`` and ``w`` have x's shape. ``vf`` is None or a contiguous 0/1 mask
-    (P|1, H, N, Q|1); ``m`` and ``c`` are the (H, G) offsets and scales,
-    contiguous, in x's dtype. ``stats`` (3, P, H, Q) holds each slice's mean,
-    variance + eps and whether its eps clamp is inactive: what
-    :func:`backward` needs besides x and w.
+    ``out`` and ``w`` have x's shape; ``w`` is None unless ``need_w``. ``vf``
+    is None or a contiguous 0/1 mask (P|1, H, N, Q|1); ``m`` and ``c`` are the
+    (H, G) offsets and scales, contiguous, in x's dtype. ``stats`` (4, P, H, Q)
+    holds what :func:`backward` needs besides x to recompute the weights: each
+    slice's mean, variance + eps, shift and scale (see ``kernels.c``).
     """
     P, H, N, Q = dims
-    out, w = torch.empty_like(x), torch.empty_like(x)
-    stats = x.new_empty(3 * P * H * Q)
+    out = torch.empty_like(x)
+    w = torch.empty_like(x) if need_w else None
+    stats = x.new_empty(4 * P * H * Q)
     mask, Pm, Qm = (None, 1, 1) if vf is None else (vf.data_ptr(), vf.shape[0], vf.shape[3])
     _lib[x.dtype][0](
-        x.data_ptr(), out.data_ptr(), w.data_ptr(), stats.data_ptr(), mask, Pm, Qm,
+        x.data_ptr(), out.data_ptr(), None if w is None else w.data_ptr(), stats.data_ptr(), mask, Pm, Qm,
         m.data_ptr(), c.data_ptr(), m.shape[1], P, H, N, Q, eps, residual,
     )
     return out, w, stats
 
 
 def backward(
-    gout: Tensor, x: Tensor, w: Tensor, stats: Tensor, dims: tuple[int, int, int, int], vf: Optional[Tensor],
+    gout: Tensor, x: Tensor, stats: Tensor, dims: tuple[int, int, int, int], vf: Optional[Tensor],
     m: Tensor, c: Tensor, residual: bool, need_gx: bool,
 ) -> tuple[Optional[Tensor], Tensor, Tensor]:
     """``(gx, gm, gc)``: dL/dx (x's shape; None unless ``need_gx``) and dL/dm, dL/dc (H, G)."""
@@ -151,7 +153,7 @@ def backward(
     gm, gc = torch.empty_like(m), torch.empty_like(c)
     mask, Pm, Qm = (None, 1, 1) if vf is None else (vf.data_ptr(), vf.shape[0], vf.shape[3])
     failed = _lib[x.dtype][1](
-        gout.data_ptr(), x.data_ptr(), w.data_ptr(), stats.data_ptr(), mask, Pm, Qm,
+        gout.data_ptr(), x.data_ptr(), stats.data_ptr(), mask, Pm, Qm,
         m.data_ptr(), c.data_ptr(), m.shape[1], None if gx is None else gx.data_ptr(),
         gm.data_ptr(), gc.data_ptr(), P, H, N, Q, residual,
     )

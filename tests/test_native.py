@@ -100,6 +100,34 @@ def test_result_does_not_depend_on_the_thread_count(monkeypatch) -> None:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max()))
 
 
+@pytest.mark.parametrize("shape,axis,heads", [CASES[0], CASES[2], CASES[3]])  # column tiles, rows in place, lanes across q
+def test_without_the_weights_the_numbers_are_the_same(shape, axis, heads) -> None:
+    """Not asking for the weights skips writing them (the backward recomputes them
+    either way): the output and every gradient are bit for bit the same."""
+    gen = torch.Generator().manual_seed(3)
+    x, gout = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    block = build(axis, heads)
+    results = []
+    for details in (False, True):
+        xr = x.clone().requires_grad_()
+        out = block(xr, return_attention_details=details)
+        out = out[0] if details else out
+        results.append([out.detach(), *torch.autograd.grad(out, [xr, *block.parameters()], gout)])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_the_output_can_be_changed_in_place() -> None:
+    """The kernels' outputs are plain tensors, not views: in-place operations on them are allowed."""
+    block = build(-1, 8)
+    x = torch.randn(64, 64, requires_grad=True)
+    out = block(x)
+    out.mul_(2.0)
+    out.sum().backward()
+    ref = torch.autograd.grad(2.0 * block(x).sum(), x)[0]
+    torch.testing.assert_close(x.grad, ref)
+
+
 SCRIPT = """
 import sys, torch
 from gaussian_adaptive_attention import GaussianBlock, native

@@ -7,9 +7,10 @@ Shape legend used in the comments:
     P, Q   products of the dimensions before / after the normalised axis
     H      heads, N positions per head (the last head also takes L % H), G Gaussians
 
-Both modules keep the original library's parameters and state-dict keys
-(``mean_offsets``, ``c``; ``attention_heads.{h}.mean_offsets`` / ``.c``), but
-run all heads and all Gaussians in one pass (see ``functional.py``).
+Both modules keep the original library's state-dict keys (``mean_offsets``,
+``c``; ``attention_heads.{h}.mean_offsets`` / ``.c``); the multi-head module
+stores its heads' parameters stacked (H, G) and runs all heads and all
+Gaussians in one pass (see ``functional.py``).
 """
 
 from __future__ import annotations
@@ -285,9 +286,14 @@ class MultiHeadGaussianAdaptiveAttention(_HeadAttention):
 
     The axis (length L) is split into H slices of ``L // H`` positions, the last
     head also taking the ``L % H`` remainder; each head normalises over its own
-    slice with its own ``mean_offsets`` and ``c`` (stored per head in
-    ``attention_heads``, as in the original). Outputs and weights are
+    slice with its own ``mean_offsets`` and ``c``. Outputs and weights are
     concatenated back along the axis.
+
+    Parameters: ``mean_offsets`` and ``c`` (H, G), row h for head h, so that a
+    backward pass accumulates two gradients per layer, not two per head.
+    ``attention_heads[h]`` is still a :class:`GaussianAdaptiveAttention` whose
+    parameters are views of row h, and the state dict keeps the original's
+    per-head keys (``attention_heads.{h}.mean_offsets`` / ``.c``).
 
     Shapes: ``x`` is (B...); ``out`` and the weights have the same shape.
 

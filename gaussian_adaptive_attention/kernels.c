@@ -97,9 +97,22 @@ typedef struct {
     const real *mask; /* element (i, lane) of the mask: mask[mask0[lane] + i * mask_i] */
     i64 mask_i;
     i64 mask0[LANES];
+    /* each lane's head and its coefficients, for `key` (a group's first head)
+     * and `filled` lanes: neighbouring groups often share them */
+    i64 key, filled;
     i64 head[LANES];
     real A[LANES], b[LANES], R[LANES], K[LANES];
 } Group;
+
+static inline void lane_heads(Group *g, i64 h0, int cycle, const real *coef, i64 H) {
+    if (g->key == h0 && g->filled >= g->n_lanes) return;
+    for (i64 l = 0, h = h0; l < g->n_lanes; l++) {
+        g->head[l] = h;
+        g->A[l] = coef[h], g->b[l] = coef[H + h], g->R[l] = coef[2 * H + h], g->K[l] = coef[3 * H + h];
+        if (cycle) h = h + 1 == H ? 0 : h + 1;
+    }
+    g->key = h0, g->filled = g->n_lanes;
+}
 
 static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i64 Qm, i64 P, i64 H,
                      i64 N, i64 Q) {
@@ -112,11 +125,9 @@ static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i
         g->i_stride = Q;
         g->data0 = ph * N * Q + q0;
         g->mask_i = Qm;
-        for (i64 l = 0; l < g->n_lanes; l++) {
-            g->head[l] = h;
-            g->A[l] = coef[h], g->b[l] = coef[H + h], g->R[l] = coef[2 * H + h], g->K[l] = coef[3 * H + h];
-            if (m) g->mask0[l] = ((Pm > 1 ? p : 0) * H + h) * N * Qm + (Qm > 1 ? q0 + l : 0);
-        }
+        lane_heads(g, h, 0, coef, H);
+        if (m)
+            for (i64 l = 0; l < g->n_lanes; l++) g->mask0[l] = ((Pm > 1 ? p : 0) * H + h) * N * Qm + (Qm > 1 ? q0 + l : 0);
     } else {
         const i64 s0 = t * LANES;
         g->n_lanes = P * H - s0 < LANES ? P * H - s0 : LANES;
@@ -125,11 +136,9 @@ static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i
         g->i_stride = 1;
         g->data0 = s0 * N;
         g->mask_i = 1;
-        for (i64 l = 0, h = s0 % H; l < g->n_lanes; l++, h = h + 1 == H ? 0 : h + 1) {
-            g->head[l] = h;
-            g->A[l] = coef[h], g->b[l] = coef[H + h], g->R[l] = coef[2 * H + h], g->K[l] = coef[3 * H + h];
-            if (m) g->mask0[l] = (Pm > 1 ? s0 + l : h) * N;
-        }
+        lane_heads(g, s0 % H, 1, coef, H);
+        if (m)
+            for (i64 l = 0; l < g->n_lanes; l++) g->mask0[l] = (Pm > 1 ? s0 + l : g->head[l]) * N;
     }
     g->mask = m;
 }
@@ -140,10 +149,10 @@ static void group_at(Group *g, i64 t, const real *coef, const real *m, i64 Pm, i
  * time. The copies run in cache (8 x 8 blocks at a time with AVX). */
 #define SHORT 32
 
-static inline Group as_tile(const Group *g) {
-    Group t = *g;
-    t.data0 = 0, t.i_stride = LANES, t.lane_stride = 1;
-    return t;
+static inline i64 as_tile(Group *g) {
+    const i64 d0 = g->data0; /* where the group's rows start in the data */
+    g->data0 = 0, g->i_stride = LANES, g->lane_stride = 1;
+    return d0;
 }
 
 #if defined(REAL_IS_FLOAT) && defined(__AVX__)
@@ -190,12 +199,12 @@ static inline void transpose_group(i64 L, i64 N, const real *restrict src, i64 s
         for (i64 i = 0; i < N; i++) dst[l * dl + i * di] = src[l * sl + i * si];
 }
 
-static inline void tile_in(const Group *g, i64 N, const real *restrict src, real *restrict t) {
-    transpose_group(g->n_lanes, N, src + g->data0, N, 1, t, 1, LANES);
+static inline void tile_in(const Group *g, i64 d0, i64 N, const real *restrict src, real *restrict t) {
+    transpose_group(g->n_lanes, N, src + d0, N, 1, t, 1, LANES);
 }
 
-static inline void tile_out(const Group *g, i64 N, const real *restrict t, real *restrict dst) {
-    transpose_group(g->n_lanes, N, t, 1, LANES, dst + g->data0, N, 1);
+static inline void tile_out(const Group *g, i64 d0, i64 N, const real *restrict t, real *restrict dst) {
+    transpose_group(g->n_lanes, N, t, 1, LANES, dst + d0, N, 1);
 }
 
 static i64 n_groups(i64 P, i64 H, i64 Q) {
@@ -362,6 +371,7 @@ static inline __attribute__((always_inline)) void forward_group(const Group *g, 
     GROUP_LOCALS(g)
     const i64 k0 = g->k0;
     real n[LANES], mu[LANES], sq[LANES], alpha[LANES], emax[LANES], s[LANES];
+#pragma omp simd
     for (i64 l = 0; l < L; l++) n[l] = masked ? 0 : (real)N, mu[l] = 0, sq[l] = 0, emax[l] = 0, s[l] = 0;
     /* mean over the valid positions */
     if (masked) {
@@ -369,6 +379,7 @@ static inline __attribute__((always_inline)) void forward_group(const Group *g, 
     } else {
         SUM1(g, N, , mu, x[at])
     }
+#pragma omp simd
     for (i64 l = 0; l < L; l++) mu[l] /= n[l] > 1 ? n[l] : 1;
     /* unbiased variance over them; 0 with fewer than two */
     SUM1(g, N, const real dx = mv > 0 ? x[at] - mu[l] : 0;, sq, dx * dx)
@@ -386,7 +397,8 @@ static inline __attribute__((always_inline)) void forward_group(const Group *g, 
              const real t = mv > 0 ? EXP(alpha[l] * d * d) : 0;
              w[at] = t;, s, t)
     int low = 0;
-    for (i64 l = 0; l < L; l++) low |= s[l] < UNDERFLOW && n[l] > 0;
+#pragma omp simd reduction(| : low)
+    for (i64 l = 0; l < L; l++) low |= (s[l] < UNDERFLOW) & (n[l] > 0);
     if (low) {
         /* a slice's sum is tiny or 0 although it has valid positions (small c,
          * many Gaussians): shift the group's slices by their largest alpha d^2,
@@ -440,17 +452,17 @@ void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const rea
 #pragma omp parallel if (P * H * N * Q >= GRAIN)
     {
         FLUSH_DENORMALS_BEGIN
+        Group g = {.key = -1};
 #pragma omp for schedule(static)
         for (i64 t = 0; t < groups; t++) {
-            Group g;
             group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
             if (Q == 1 && N <= SHORT) {
                 real xt[SHORT * LANES], wt[SHORT * LANES], ot[SHORT * LANES];
-                const Group gt = as_tile(&g);
-                tile_in(&g, N, x, xt);
-                SPECIALISE(forward_group(&gt, mk, xt, ot, wt, 1, st, N, eps, log_eps, residual));
-                if (w) tile_out(&g, N, wt, w);
-                tile_out(&g, N, ot, out);
+                const i64 d0 = as_tile(&g);
+                tile_in(&g, d0, N, x, xt);
+                SPECIALISE(forward_group(&g, mk, xt, ot, wt, 1, st, N, eps, log_eps, residual));
+                if (w) tile_out(&g, d0, N, wt, w);
+                tile_out(&g, d0, N, ot, out);
             } else if (w) {
                 SPECIALISE(forward_group(&g, mk, x, out, w, 1, st, N, eps, log_eps, residual));
             } else {
@@ -498,6 +510,7 @@ static inline __attribute__((always_inline)) void backward_group(const Group *g,
         }
     }
     /* ge = dL/d(log p) = w (gout x - c0), c0 = S where the clamp is inactive, else 0 */
+#pragma omp simd
     for (i64 l = 0; l < L; l++) c0[l] = c0[L + l] > 0 ? S[l] : 0;
     SUM_EACH(g, N,
              const real xz = mv > 0 ? x[at] : 0;
@@ -555,17 +568,17 @@ int NAME(gaa_backward)(const real *gout, const real *x, real *stats, const real 
     {
         double *mine = acc + (i64)omp_get_thread_num() * 4 * H;
         FLUSH_DENORMALS_BEGIN
+        Group g = {.key = -1};
 #pragma omp for schedule(static)
         for (i64 t = 0; t < groups; t++) {
-            Group g;
             group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
             if (Q == 1 && N <= SHORT) {
                 real gt_[SHORT * LANES], xt[SHORT * LANES], wt[SHORT * LANES], gxt[SHORT * LANES];
-                const Group gt = as_tile(&g);
-                tile_in(&g, N, gout, gt_);
-                tile_in(&g, N, x, xt);
-                SPECIALISE(backward_group(&gt, mk, gt_, xt, wt, st, gx ? gxt : NULL, mine, N, residual));
-                if (gx) tile_out(&g, N, gxt, gx);
+                const i64 d0 = as_tile(&g);
+                tile_in(&g, d0, N, gout, gt_);
+                tile_in(&g, d0, N, x, xt);
+                SPECIALISE(backward_group(&g, mk, gt_, xt, wt, st, gx ? gxt : NULL, mine, N, residual));
+                if (gx) tile_out(&g, d0, N, gxt, gx);
             } else if (gx) {
                 SPECIALISE(backward_group(&g, mk, gout, x, gx, st, gx, mine, N, residual));
             } else {

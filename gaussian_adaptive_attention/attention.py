@@ -136,10 +136,11 @@ class _HeadAttention(nn.Module):
 
     def _plan(self, x: Tensor, valid: Optional[Tensor], residual: bool) -> Optional[tuple]:
         """This layer as a step of ``_GaussianProductNative`` (one C call per
-        direction, layout change included); None where the kernels do not take it."""
+        direction, layout change included); None where the kernels do not take
+        it. The caller has checked ``native.usable(x, None)``."""
         m = self._params()[0]
         (P, H, N, Q), L, v3 = self._layout(x, valid, m.shape[0])
-        if L % H or self.mixture or m.dtype != x.dtype or x.numel() == 0 or not native.usable(x, None):
+        if L % H or self.mixture or m.dtype != x.dtype or x.numel() == 0:
             return None
         vg = None if v3 is None else v3.reshape(v3.shape[0], H, N, v3.shape[2]).contiguous()  # (P|1, H, N, Q|1)
         return (P, H, N, Q), vg, self._head_eps(), residual
@@ -152,7 +153,7 @@ class _HeadAttention(nn.Module):
         already have passed ``_check_input``.
         """
         m, c, logits = self._params()
-        plan = self._plan(x, valid, residual)
+        plan = self._plan(x, valid, residual) if native.usable(x, None) else None
         if plan is not None:
             out, *w = _GaussianProductNative.apply(x, (plan,), need_w, m, c)
             return out, w[0] if need_w else None

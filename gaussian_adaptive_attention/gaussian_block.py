@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 
 from torch import Tensor, nn
 
+from . import native
 from .attention import MultiHeadGaussianAdaptiveAttention, _check_input, _check_positive_int, validity_mask
 from .functional import _GaussianProductNative
 
@@ -93,7 +94,7 @@ class GaussianBlock(nn.Module):
         for layer in self.layers:
             _check_input(x, layer.norm_axis)
         valid = validity_mask(x, mask, self.padding_value)  # once, from the block's input
-        plans = [layer._plan(x, valid, residual=True) for layer in self.layers]
+        plans = [layer._plan(x, valid, residual=True) for layer in self.layers] if native.usable(x, None) else [None]
         if all(plan is not None for plan in plans):
             # Every layer in C: the whole chain is one node of the autograd graph.
             params = [t for layer in self.layers for t in layer._params()[:2]]

@@ -13,9 +13,12 @@ times, forward only and forward+backward:
            back as a view, so later layers of a chain skip the copy); ``LN-last``
            is the same layer_norm on a tensor already laid out with that axis last.
 
-Times are medians over ``--repeats`` runs of a loop lasting at least
-``--min-time`` seconds. Ratios: ``orc/ours`` = oracle / ours and
-``ours/LN`` = ours / LN, both forward+backward.
+Times are medians over ``--repeats`` rounds of a loop lasting at least
+``--min-time`` seconds. Within a row, our block (eager and compiled), LN and
+LN-last run in the same rounds, one loop each in turn, so that a slow moment
+of the machine slows all of them and the ratio holds still. Ratios:
+``orc/ours`` = oracle / ours and ``ours/LN`` = ours / LN, both
+forward+backward.
 
     python benchmarks/bench_block.py                      # default grid, 2 threads
     python benchmarks/bench_block.py --shapes seed 32x128x64:1 --compile
@@ -72,20 +75,27 @@ class Row:
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (robust to other jobs with --threads 1)
 
 
-def timeit(fn: Callable[[], object], repeats: int, min_time: float) -> float:
-    """Median seconds per call over `repeats` loops of at least `min_time` seconds."""
-    fn()  # warm-up
-    t0 = CLOCK()
-    fn()
-    once = max(CLOCK() - t0, 1e-7)
-    calls = max(1, int(min_time / once))
-    times = []
-    for _ in range(repeats):
+def timeit(fns: dict[str, Callable[[], object]], repeats: int, min_time: float) -> dict[str, float]:
+    """Median seconds per call of each function over `repeats` rounds.
+
+    Each round runs every function in turn, in a loop of at least `min_time`
+    seconds, so that the candidates share the machine's slow and fast moments
+    and their ratios hold still even where the absolute times drift.
+    """
+    calls = {}
+    for name, fn in fns.items():
+        fn()  # warm-up
         t0 = CLOCK()
-        for _ in range(calls):
-            fn()
-        times.append((CLOCK() - t0) / calls)
-    return statistics.median(times)
+        fn()
+        calls[name] = max(1, int(min_time / max(CLOCK() - t0, 1e-7)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = CLOCK()
+            for _ in range(calls[name]):
+                fn()
+            times[name].append((CLOCK() - t0) / calls[name])
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def layer_norm_block(x: torch.Tensor, axis: int, layers: int) -> torch.Tensor:
@@ -101,17 +111,16 @@ def layer_norm_last(x: torch.Tensor, layers: int) -> torch.Tensor:
     return x
 
 
-def fwd_and_fwdbwd(
-    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor, repeats: int, min_time: float
-) -> tuple[float, float]:
+def forward_only(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
     def fwd() -> None:
         with torch.no_grad():
             forward(x)
 
-    def fwdbwd() -> None:
-        forward(x).backward(grad)
+    return fwd
 
-    return timeit(fwd, repeats, min_time), timeit(fwdbwd, repeats, min_time)
+
+def forward_backward(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    return lambda: forward(x).backward(grad)
 
 
 def profile_top(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor, top: int = 12) -> str:
@@ -166,7 +175,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU, {args.clock} clock, "
-        f"median of {args.repeats} loops of >= {args.min_time}s; times in ms"
+        f"median of {args.repeats} interleaved rounds of >= {args.min_time}s loops; times in ms"
     )
     header = "| shape | axis | H | G | L | mode | ours fwd | ours f+b | oracle f+b | LN f+b | LN-last f+b | orc/ours | ours/LN |"
     print(header)
@@ -181,15 +190,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         params = [[tuple(p.detach().clone().requires_grad_() for p in head) for head in layer] for layer in block_params(block)]
 
         oracle_fb = float("nan")
-        if not args.no_oracle:
-            _, oracle_fb = fwd_and_fwdbwd(
-                lambda t: oracle_block(t, axes, params)[0], x, grad, max(3, args.repeats // 2), args.min_time
-            )
-        _, ln_fb = fwd_and_fwdbwd(lambda t: layer_norm_block(t, row.axis, row.layers), x, grad, args.repeats, args.min_time)
+        if not args.no_oracle:  # far slower: timed on its own
+            oracle = forward_backward(lambda t: oracle_block(t, axes, params)[0], x, grad)
+            oracle_fb = timeit({"oracle": oracle}, max(3, args.repeats // 2), args.min_time)["oracle"]
         x_last = x.detach().movedim(row.axis, -1).contiguous().requires_grad_()
-        _, ln_last_fb = fwd_and_fwdbwd(
-            lambda t: layer_norm_last(t, row.layers), x_last, grad.movedim(row.axis, -1).contiguous(), args.repeats, args.min_time
-        )
+        grad_last = grad.movedim(row.axis, -1).contiguous()
 
         modes: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [("eager", block)]
         if args.compile:
@@ -201,19 +206,29 @@ def main(argv: Optional[list[str]] = None) -> None:
                 compiled(x)
             print(f"<!-- compile time {row.name} H{row.heads} G{row.gaussians} L{row.layers}: {time.perf_counter() - t0:.1f}s -->")
             modes.append(("compile", compiled))
+        # ours and layer_norm in the same rounds (see timeit)
+        fb = timeit(
+            {
+                "LN": forward_backward(lambda t: layer_norm_block(t, row.axis, row.layers), x, grad),
+                "LN-last": forward_backward(lambda t: layer_norm_last(t, row.layers), x_last, grad_last),
+                **{mode: forward_backward(fn, x, grad) for mode, fn in modes},
+            },
+            args.repeats,
+            args.min_time,
+        )
+        fwd = timeit({mode: forward_only(fn, x) for mode, fn in modes}, args.repeats, args.min_time)
+        ln_fb = fb["LN"]
         name = f"{row.name} H{row.heads} G{row.gaussians} L{row.layers}"
-        best = float("inf")
-        for mode, fn in modes:
-            fwd, fb = fwd_and_fwdbwd(fn, x, grad, args.repeats, args.min_time)
-            best = min(best, fb)
+        best = min(fb[mode] for mode, _ in modes)
+        for mode, _ in modes:
             print(
                 f"| {'x'.join(map(str, row.shape))} | {row.axis} | {row.heads} | {row.gaussians} | {row.layers} | {mode} "
-                f"| {fwd * 1e3:.3f} | {fb * 1e3:.3f} | {oracle_fb * 1e3:.2f} | {ln_fb * 1e3:.3f} | {ln_last_fb * 1e3:.3f} "
-                f"| {oracle_fb / fb:.1f} | {fb / ln_fb:.2f} |",
+                f"| {fwd[mode] * 1e3:.3f} | {fb[mode] * 1e3:.3f} | {oracle_fb * 1e3:.2f} | {ln_fb * 1e3:.3f} | {fb['LN-last'] * 1e3:.3f} "
+                f"| {oracle_fb / fb[mode]:.1f} | {fb[mode] / ln_fb:.2f} |",
                 flush=True,
             )
-            if mode == "eager" and oracle_fb / fb < 5.0:
-                missed.append(f"- {name}: eager orc/ours {oracle_fb / fb:.1f} < 5")
+            if mode == "eager" and oracle_fb / fb[mode] < 5.0:
+                missed.append(f"- {name}: eager orc/ours {oracle_fb / fb[mode]:.1f} < 5")
         row_missed = best / ln_fb > 2.0 or (missed and missed[-1].startswith(f"- {name}:"))
         if best / ln_fb > 2.0:
             missed.append(f"- {name}: fastest ours/LN {best / ln_fb:.2f} > 2")

@@ -134,12 +134,13 @@ class _HeadAttention(nn.Module):
             v3 = valid.reshape(vshape).expand(target).reshape(pre, L, post).to(cdtype)  # (P|1, L, Q|1), 0/1
         return (P, H, L // H, Q), L, v3
 
-    def _plan(self, x: Tensor, valid: Optional[Tensor], residual: bool) -> Optional[tuple]:
+    def _plan(self, x: Tensor, valid: Optional[Tensor], residual: bool, layout: Optional[tuple] = None) -> Optional[tuple]:
         """This layer as a step of ``_GaussianProductNative`` (one C call per
         direction, layout change included); None where the kernels do not take
-        it. The caller has checked ``native.usable(x, None)``."""
+        it. The caller has checked ``native.usable(x, None)``; ``layout`` is
+        ``_layout``'s result where the caller already has it."""
         m = self._params()[0]
-        (P, H, N, Q), L, v3 = self._layout(x, valid, m.shape[0])
+        (P, H, N, Q), L, v3 = layout or self._layout(x, valid, m.shape[0])
         if L % H or self.mixture or m.dtype != x.dtype or x.numel() == 0:
             return None
         vg = None if v3 is None else v3.reshape(v3.shape[0], H, N, v3.shape[2]).contiguous()  # (P|1, H, N, Q|1)
@@ -153,11 +154,12 @@ class _HeadAttention(nn.Module):
         already have passed ``_check_input``.
         """
         m, c, logits = self._params()
-        plan = self._plan(x, valid, residual) if native.usable(x, None) else None
+        layout = self._layout(x, valid, m.shape[0])
+        plan = self._plan(x, valid, residual, layout) if native.usable(x, None) else None
         if plan is not None:
             out, *w = _GaussianProductNative.apply(x, (plan,), need_w, m, c)
             return out, w[0] if need_w else None
-        (P, H, chunk, Q), L, v3 = self._layout(x, valid, m.shape[0])
+        (P, H, chunk, Q), L, v3 = layout
         if x.numel() == 0:  # an empty batch: nothing to normalise
             return x.clone(), torch.zeros_like(x)
         shape = x.shape

@@ -137,6 +137,9 @@ def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig
                 raise ValueError(f"the training state lacks {name}")
         with torch.device("meta"):  # the optimiser keeps one state per parameter, in this order
             shapes = [tuple(p.shape) for p in build_model(model_cfg, schema, len(ck.meta["classes"])).parameters()]
+        listed = sorted(i for g in r["param_groups"] for i in g.get("params", []))
+        if listed != list(range(len(shapes))):
+            raise ValueError(f"the optimiser settings list {len(listed)} parameters, the model has {len(shapes)}")
         for name, t in ck.state.items():
             if name.startswith("optim."):
                 pid, _, key = name[len("optim."):].partition(".")

@@ -27,7 +27,7 @@ from . import __version__
 from . import checkpoint as ckpt_io
 from .config import DataShape, ModelConfig, TrainConfig, resolve, to_toml
 from .data import SequenceData
-from .errors import CheckpointError, Interrupted, TrainingError, UsageError
+from .errors import Interrupted, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 
@@ -206,13 +206,7 @@ def fit(
         if r["fingerprint"] != fingerprint:
             raise UsageError(f"{run_dir}: the data differs from the data this run was trained on; resume with the same file or start a new run")
         model.load_state_dict(resume.model)
-        try:
-            opt.load_state_dict(_optimizer_from(resume.state, r["param_groups"]))
-        except ValueError:
-            raise CheckpointError(
-                f"{run_dir}: its optimiser state does not fit this version of gaa's model; its checkpoints still "
-                "work with `gaa evaluate` and `gaa predict`, but to train further start a new run"
-            ) from None
+        opt.load_state_dict(_optimizer_from(resume.state, r["param_groups"]))
         for p in model.parameters():  # gaa 0.1 kept each head's (G,) parameters apart; now they are rows of (H, G)
             state = opt.state.get(p, {})
             for key, value in state.items():

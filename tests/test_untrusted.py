@@ -296,6 +296,7 @@ RESUME_CRAFTS = {
     "train-config-absurd-epochs": (edit_meta(lambda m: set_path(m, "train_config.epochs", 0)), ("train_config: 'epochs' = 0",)),
     "weights-do-not-fit": (change_tensor(head_bias, lambda t: torch.zeros(7)), ("(7,)", "the model needs")),
     "other-data-fingerprint": (edit_meta(lambda m: set_path(m, "resume.fingerprint", "0" * 16)), ("differs from the data", "start a new run")),
+    "optimiser-groups-do-not-fit": (edit_meta(lambda m: m["resume"]["param_groups"][0].update(params=[0])), ("training state is invalid", "optimiser settings list 1 parameters")),
     "optimiser-state-wrong-shape": (edit_tensor("state.optim.0.exp_avg", lambda t: torch.zeros(t.numel() + 1)), ("training state is invalid", "optim.0.exp_avg", "the model needs")),
     "optimiser-state-integer": (edit_tensor("state.optim.0.exp_avg_sq", lambda t: t.long()), ("training state is invalid", "optim.0.exp_avg_sq", "torch.int64")),
     "optimiser-state-for-no-parameter": (edit_tensor("state.optim.999.exp_avg", lambda t: torch.zeros(3)), ("training state is invalid", "unexpected optimiser tensor optim.999.exp_avg")),

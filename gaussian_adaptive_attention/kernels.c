@@ -21,6 +21,10 @@
  *   Q == 1: a group is LANES consecutive slices (p, h), each contiguous;
  *           element (i, lane) sits at lane * N + i and loops run over i.
  *
+ * One layout has its own code: slices of 8 or 16 contiguous values (Q == 1,
+ * float32, no mask, with AVX2 and FMA) run 8 at a time in registers, see
+ * "rows of 8 or 16 in registers" below.
+ *
  * The loop macros below read the group through the locals that GROUP_LOCALS
  * declares, so that the compiler sees no aliasing between them and the data.
  *
@@ -31,6 +35,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifndef REAL
 #define REAL float
@@ -157,24 +162,32 @@ static inline i64 as_tile(Group *g) {
 
 #if defined(REAL_IS_FLOAT) && defined(__AVX__)
 #include <immintrin.h>
-/* dst[k * ds + j] = src[j * ss + k] for an 8 x 8 block of floats. */
-static inline void transpose8(const float *src, i64 ss, float *dst, i64 ds) {
-    __m256 r[8], t[8], u[8];
-    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + j * ss);
-    for (int j = 0; j < 8; j += 2) {
+#define UNROLL _Pragma("GCC unroll 16") /* fixed short loops: keep the vectors in registers */
+/* Transposes the 8 x 8 block of floats held in r[0..7], in place. */
+static inline __attribute__((always_inline)) void transpose8_regs(__m256 r[8]) {
+    __m256 t[8], u[8];
+    UNROLL for (int j = 0; j < 8; j += 2) {
         t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);     /* 00 10 01 11 | 04 14 05 15 */
         t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]); /* 02 12 03 13 | 06 16 07 17 */
     }
-    for (int j = 0; j < 8; j += 4) {
+    UNROLL for (int j = 0; j < 8; j += 4) {
         u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);     /* 00 10 20 30 | 04 14 24 34 */
         u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE); /* 01 11 21 31 | 05 ... */
         u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
         u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
     }
-    for (int k = 0; k < 4; k++) {
-        _mm256_storeu_ps(dst + k * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
-        _mm256_storeu_ps(dst + (k + 4) * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+    UNROLL for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
     }
+}
+
+/* dst[k * ds + j] = src[j * ss + k] for an 8 x 8 block of floats. */
+static inline void transpose8(const float *src, i64 ss, float *dst, i64 ds) {
+    __m256 r[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + j * ss);
+    transpose8_regs(r);
+    for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + k * ds, r[k]);
 }
 #define BLOCKS8(L, N) ((L) % 8 == 0 && (N) % 8 == 0)
 #else
@@ -441,6 +454,223 @@ static inline __attribute__((always_inline)) void forward_group(const Group *g, 
     }
 }
 
+/* --------------------------------------------- rows of 8 or 16 in registers */
+
+/* Slices of 8 or 16 contiguous values (Q == 1, no mask; heads over a last
+ * axis of 64, say) are most of the work in many models and too short for
+ * the column tiles to pay: here 8 slices at a time are loaded as rows,
+ * transposed in registers so that each vector holds one position of the 8
+ * slices, and the whole forward or backward of the block runs in registers
+ * (the same formulas as forward_group and backward_group, one lane per
+ * slice), with one transpose back on the way out. */
+#if defined(REAL_IS_FLOAT) && defined(__AVX2__) && defined(__FMA__)
+#define ROWS8(Q, N, m) ((Q) == 1 && !(m) && ((N) == 8 || (N) == 16))
+typedef __m256 v8;
+#define V(a) _mm256_set1_ps(a)
+
+/* exp_nonpos on 8 lanes. */
+static inline __attribute__((always_inline)) v8 v8_exp(v8 x) {
+    const v8 xc = _mm256_max_ps(x, V(-87.0f));
+    const v8 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, V(1.44269504f), V(0.5f)));
+    v8 r = _mm256_fnmadd_ps(n, V(0.693145752f), xc);
+    r = _mm256_fnmadd_ps(n, V(1.42860677e-6f), r);
+    v8 p = V(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, V(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, V(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, V(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, V(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, V(0.5f));
+    p = _mm256_fmadd_ps(p, r, V(1.0f));
+    p = _mm256_fmadd_ps(p, r, V(1.0f));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const v8 y = _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, V(-87.0f), _CMP_LT_OQ), y);
+}
+
+static inline v8 v8_sum(const v8 *a, int N) {
+    v8 s = a[0];
+    UNROLL for (int i = 1; i < N; i++) s = _mm256_add_ps(s, a[i]);
+    return s;
+}
+
+/* a[i] = element i of the 8 rows at src (row stride N), i < N. */
+static inline __attribute__((always_inline)) void rows_in(const float *src, int N, v8 *a) {
+    UNROLL for (int c = 0; c < N; c += 8) {
+        UNROLL for (int l = 0; l < 8; l++) a[c + l] = _mm256_loadu_ps(src + l * N + c);
+        transpose8_regs(a + c);
+    }
+}
+
+/* The inverse of rows_in; a is overwritten. */
+static inline __attribute__((always_inline)) void rows_out(v8 *a, int N, float *dst) {
+    UNROLL for (int c = 0; c < N; c += 8) {
+        transpose8_regs(a + c);
+        UNROLL for (int l = 0; l < 8; l++) _mm256_storeu_ps(dst + l * N + c, a[c + l]);
+    }
+}
+
+/* The per-lane head coefficients (A, b, R, K) of 8 slices whose first is of
+ * head h0, into cf; kept while h0 stays the same (*key). */
+static inline void rows_coefficients(i64 h0, const real *coef, i64 H, v8 cf[4], i64 *key) {
+    if (*key == h0) return;
+    float t[4][8];
+    UNROLL for (int l = 0, h = h0; l < 8; l++, h = h + 1 == H ? 0 : h + 1)
+        UNROLL for (int k = 0; k < 4; k++) t[k][l] = coef[k * H + h];
+    UNROLL for (int k = 0; k < 4; k++) cf[k] = _mm256_loadu_ps(t[k]);
+    *key = h0;
+}
+
+/* 8 slices of N: out (and w, when not NULL) from x; stats at st[k]. */
+static inline __attribute__((always_inline)) void rows_forward(const float *x, float *out, float *w, Stats st, i64 k,
+                                                               const v8 cf[4], const int N, float eps, float log_eps, int residual) {
+    v8 X[16], T[16];
+    rows_in(x, N, X);
+    const v8 mu = _mm256_mul_ps(v8_sum(X, N), V(1.0f / N)); /* exact: N is 8 or 16 */
+    UNROLL for (int i = 0; i < N; i++) T[i] = _mm256_sub_ps(X[i], mu), T[i] = _mm256_mul_ps(T[i], T[i]);
+    const v8 v = _mm256_fmadd_ps(v8_sum(T, N), V(1.0f / (N - 1)), V(eps)), inv_v = _mm256_div_ps(V(1.0f), v);
+    const v8 alpha = _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), cf[0]), inv_v), mb = _mm256_add_ps(mu, cf[1]);
+    UNROLL for (int i = 0; i < N; i++) {
+        const v8 d = _mm256_sub_ps(X[i], mb);
+        T[i] = _mm256_mul_ps(_mm256_mul_ps(alpha, d), d); /* alpha d^2 <= 0 */
+    }
+    v8 emax = _mm256_setzero_ps(), E[16];
+    UNROLL for (int i = 0; i < N; i++) E[i] = v8_exp(T[i]);
+    v8 s = v8_sum(E, N);
+    const v8 low = _mm256_cmp_ps(s, V(UNDERFLOW), _CMP_LT_OQ);
+    if (_mm256_movemask_ps(low)) { /* as in forward_group: shift those slices by their max */
+        v8 top = T[0];
+        UNROLL for (int i = 1; i < N; i++) top = _mm256_max_ps(top, T[i]);
+        emax = _mm256_and_ps(low, top);
+        UNROLL for (int i = 0; i < N; i++) E[i] = v8_exp(_mm256_sub_ps(T[i], emax));
+        s = v8_sum(E, N);
+    }
+    /* the eps clamp, as in forward_group */
+    const v8 top = _mm256_sub_ps(_mm256_sub_ps(emax, cf[3]), _mm256_mul_ps(cf[2], inv_v));
+    const v8 r = _mm256_sub_ps(V(log_eps), top);
+    const v8 rpos = _mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_GT_OQ);
+    const v8 e = v8_exp(_mm256_or_ps(r, V(-0.0f))); /* exp(-|r|) */
+    const v8 active = _mm256_blendv_ps(_mm256_cmp_ps(s, e, _CMP_GT_OQ), _mm256_cmp_ps(_mm256_mul_ps(s, e), V(1.0f), _CMP_GT_OQ), rpos);
+    v8 scale = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_div_ps(V(1.0f), e), e, rpos), _mm256_div_ps(V(1.0f), s), active);
+    scale = _mm256_andnot_ps(_mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_EQ_OQ), scale);
+    _mm256_storeu_ps(st.mean + k, mu);
+    _mm256_storeu_ps(st.var + k, v);
+    _mm256_storeu_ps(st.shift + k, emax);
+    _mm256_storeu_ps(st.scale + k, _mm256_blendv_ps(_mm256_sub_ps(_mm256_setzero_ps(), scale), scale, active));
+    UNROLL for (int i = 0; i < N; i++) {
+        E[i] = _mm256_mul_ps(E[i], scale);
+        T[i] = residual ? _mm256_fmadd_ps(X[i], E[i], X[i]) : _mm256_mul_ps(X[i], E[i]);
+    }
+    if (w) rows_out(E, N, w);
+    rows_out(T, N, out);
+}
+
+/* 8 slices of N, the first `lanes` of them real: gx (when not NULL) and the
+ * head sums (added to acc for the real lanes), as in backward_group. */
+static inline __attribute__((always_inline)) void rows_backward(const float *gout, const float *x, Stats st, i64 k, float *gx,
+                                                                double *acc, i64 h0, int lanes, i64 H, const v8 cf[4], const int N, int residual) {
+    v8 X[16], Gr[16], W[16];
+    rows_in(x, N, X);
+    rows_in(gout, N, Gr);
+    const v8 v = _mm256_loadu_ps(st.var + k), signed_scale = _mm256_loadu_ps(st.scale + k);
+    const v8 mu = _mm256_add_ps(_mm256_loadu_ps(st.mean + k), cf[1]), sh = _mm256_loadu_ps(st.shift + k);
+    const v8 inv_v = _mm256_div_ps(V(1.0f), v), alpha = _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), cf[0]), inv_v);
+    const v8 sc = _mm256_andnot_ps(V(-0.0f), signed_scale);
+    const v8 inactive = _mm256_cmp_ps(signed_scale, _mm256_setzero_ps(), _CMP_GT_OQ);
+    v8 S = _mm256_setzero_ps();
+    UNROLL for (int i = 0; i < N; i++) {
+        const v8 d = _mm256_sub_ps(X[i], mu);
+        W[i] = _mm256_mul_ps(v8_exp(_mm256_fmsub_ps(_mm256_mul_ps(alpha, d), d, sh)), sc);
+        S = _mm256_fmadd_ps(_mm256_mul_ps(Gr[i], W[i]), X[i], S);
+    }
+    const v8 c0 = _mm256_and_ps(inactive, S);
+    v8 S1 = _mm256_setzero_ps(), S2 = _mm256_setzero_ps();
+    UNROLL for (int i = 0; i < N; i++) { /* ge = (gout x - c0) w; ged = ge d */
+        const v8 gw = _mm256_mul_ps(Gr[i], W[i]);
+        const v8 ge = _mm256_fnmadd_ps(c0, W[i], _mm256_mul_ps(gw, X[i]));
+        X[i] = _mm256_sub_ps(X[i], mu); /* now d */
+        W[i] = ge;
+        Gr[i] = residual ? _mm256_add_ps(Gr[i], gw) : gw; /* gx's terms without the sums */
+        const v8 ged = _mm256_mul_ps(ge, X[i]);
+        S1 = _mm256_add_ps(S1, ged);
+        S2 = _mm256_fmadd_ps(ged, X[i], S2);
+    }
+    const v8 S0 = _mm256_andnot_ps(inactive, S), two_alpha = _mm256_add_ps(alpha, alpha);
+    const v8 gv = _mm256_mul_ps(_mm256_fmadd_ps(cf[0], S2, _mm256_mul_ps(cf[2], S0)), _mm256_mul_ps(inv_v, inv_v));
+    const v8 gmu = _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), two_alpha), S1);
+    const v8 beta1 = _mm256_mul_ps(gv, V(2.0f / (N - 1)));
+    const v8 beta0 = _mm256_fmadd_ps(beta1, cf[1], _mm256_mul_ps(gmu, V(1.0f / N)));
+    float sums[4][8];
+    _mm256_storeu_ps(sums[0], _mm256_mul_ps(S2, inv_v));
+    _mm256_storeu_ps(sums[1], _mm256_mul_ps(S0, inv_v));
+    _mm256_storeu_ps(sums[2], S0);
+    _mm256_storeu_ps(sums[3], gmu);
+    UNROLL for (int l = 0, h = h0; l < lanes; l++, h = h + 1 == H ? 0 : h + 1) {
+        double *a = acc + 4 * h;
+        a[0] += sums[0][l], a[1] += sums[1][l], a[2] += sums[2][l], a[3] += sums[3][l];
+    }
+    if (!gx) return;
+    UNROLL for (int i = 0; i < N; i++) { /* gx = gout w + (2 alpha ge + beta1) d + beta0 (+ gout) */
+        Gr[i] = _mm256_add_ps(Gr[i], _mm256_fmadd_ps(_mm256_fmadd_ps(two_alpha, W[i], beta1), X[i], beta0));
+    }
+    rows_out(Gr, N, gx);
+}
+
+/* The head of slice s (a division only when H is not a power of two). */
+static inline i64 head_of(i64 s, i64 H) { return (H & (H - 1)) == 0 ? s & (H - 1) : s % H; }
+
+/* Block t (slices 8t to 8t + 7 of S) of the forward; a last, partial block
+ * goes through zero-padded copies. */
+static void rows_forward_at(i64 t, const real *x, real *out, real *w, Stats st, const real *coef, i64 H, i64 S,
+                            i64 N, real eps, real log_eps, int residual, v8 cf[4], i64 *key) {
+    const i64 s0 = 8 * t, lanes = S - s0 < 8 ? S - s0 : 8, at = s0 * N;
+    rows_coefficients(head_of(s0, H), coef, H, cf, key);
+    if (lanes == 8) {
+        if (N == 8) rows_forward(x + at, out + at, w ? w + at : NULL, st, s0, cf, 8, eps, log_eps, residual);
+        else rows_forward(x + at, out + at, w ? w + at : NULL, st, s0, cf, 16, eps, log_eps, residual);
+        return;
+    }
+    float xb[8 * 16] = {0}, ob[8 * 16], wb[8 * 16], sb[4 * 8];
+    const Stats sl = stats_rows(sb, 8);
+    memcpy(xb, x + at, sizeof(float) * lanes * N);
+    if (N == 8) rows_forward(xb, ob, wb, sl, 0, cf, 8, eps, log_eps, residual);
+    else rows_forward(xb, ob, wb, sl, 0, cf, 16, eps, log_eps, residual);
+    memcpy(out + at, ob, sizeof(float) * lanes * N);
+    if (w) memcpy(w + at, wb, sizeof(float) * lanes * N);
+    for (int l = 0; l < lanes; l++)
+        st.mean[s0 + l] = sl.mean[l], st.var[s0 + l] = sl.var[l], st.shift[s0 + l] = sl.shift[l], st.scale[s0 + l] = sl.scale[l];
+}
+
+/* Block t of the backward, as rows_forward_at. */
+static void rows_backward_at(i64 t, const real *gout, const real *x, Stats st, real *gx, double *acc, const real *coef,
+                             i64 H, i64 S, i64 N, int residual, v8 cf[4], i64 *key) {
+    const i64 s0 = 8 * t, lanes = S - s0 < 8 ? S - s0 : 8, at = s0 * N, h0 = head_of(s0, H);
+    rows_coefficients(h0, coef, H, cf, key);
+    if (lanes == 8) {
+        if (N == 8) rows_backward(gout + at, x + at, st, s0, gx ? gx + at : NULL, acc, h0, 8, H, cf, 8, residual);
+        else rows_backward(gout + at, x + at, st, s0, gx ? gx + at : NULL, acc, h0, 8, H, cf, 16, residual);
+        return;
+    }
+    float xb[8 * 16] = {0}, gb[8 * 16] = {0}, gxb[8 * 16], sb[4 * 8];
+    const Stats sl = stats_rows(sb, 8);
+    for (int j = 0; j < 4 * 8; j++) sb[j] = 1; /* finite numbers in the padding lanes */
+    memcpy(xb, x + at, sizeof(float) * lanes * N);
+    memcpy(gb, gout + at, sizeof(float) * lanes * N);
+    for (int l = 0; l < lanes; l++)
+        sl.mean[l] = st.mean[s0 + l], sl.var[l] = st.var[s0 + l], sl.shift[l] = st.shift[s0 + l], sl.scale[l] = st.scale[s0 + l];
+    if (N == 8) rows_backward(gb, xb, sl, 0, gxb, acc, h0, lanes, H, cf, 8, residual);
+    else rows_backward(gb, xb, sl, 0, gxb, acc, h0, lanes, H, cf, 16, residual);
+    if (gx) memcpy(gx + at, gxb, sizeof(float) * lanes * N);
+}
+#define ROWS_STATE v8 cf[4]; i64 key = -1;
+#else
+#define ROWS8(Q, N, m) 0
+#define ROWS_STATE void *cf = NULL; i64 key = -1;
+static void rows_forward_at(i64 t, const real *x, real *out, real *w, Stats st, const real *coef, i64 H, i64 S,
+                            i64 N, real eps, real log_eps, int residual, void *cf, i64 *key) {}
+static void rows_backward_at(i64 t, const real *gout, const real *x, Stats st, real *gx, double *acc, const real *coef,
+                             i64 H, i64 S, i64 N, int residual, void *cf, i64 *key) {}
+#endif
+
 void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const real *m, i64 Pm,
                        i64 Qm, const real *offsets, const real *scales, i64 G, i64 P, i64 H, i64 N,
                        i64 Q, real eps, int residual) {
@@ -448,13 +678,19 @@ void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const rea
     head_coefficients(offsets, scales, H, G, coef);
     const Stats st = stats_rows(stats, P * H * Q);
     const real log_eps = eps > 0 ? log(eps) : -INFINITY;
-    const i64 groups = n_groups(P, H, Q);
+    const int rows = ROWS8(Q, N, m);
+    const i64 groups = rows ? (P * H + 7) / 8 : n_groups(P, H, Q);
 #pragma omp parallel if (P * H * N * Q >= GRAIN)
     {
         FLUSH_DENORMALS_BEGIN
         Group g = {.key = -1};
+        ROWS_STATE
 #pragma omp for schedule(static)
         for (i64 t = 0; t < groups; t++) {
+            if (rows) {
+                rows_forward_at(t, x, out, w, st, coef, H, P * H, N, eps, log_eps, residual, cf, &key);
+                continue;
+            }
             group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
             if (Q == 1 && N <= SHORT) {
                 real xt[SHORT * LANES], wt[SHORT * LANES], ot[SHORT * LANES];
@@ -558,7 +794,8 @@ int NAME(gaa_backward)(const real *gout, const real *x, real *stats, const real 
     real coef[4 * H];
     head_coefficients(offsets, scales, H, G, coef);
     const Stats st = stats_rows(stats, P * H * Q);
-    const i64 groups = n_groups(P, H, Q);
+    const int rows = ROWS8(Q, N, m);
+    const i64 groups = rows ? (P * H + 7) / 8 : n_groups(P, H, Q);
     const int threads = P * H * N * Q >= GRAIN ? omp_get_max_threads() : 1;
     /* one row of head sums per thread, added up in thread order afterwards so
      * that the result does not depend on timing */
@@ -569,8 +806,13 @@ int NAME(gaa_backward)(const real *gout, const real *x, real *stats, const real 
         double *mine = acc + (i64)omp_get_thread_num() * 4 * H;
         FLUSH_DENORMALS_BEGIN
         Group g = {.key = -1};
+        ROWS_STATE
 #pragma omp for schedule(static)
         for (i64 t = 0; t < groups; t++) {
+            if (rows) {
+                rows_backward_at(t, gout, x, st, gx, mine, coef, H, P * H, N, residual, cf, &key);
+                continue;
+            }
             group_at(&g, t, coef, m, Pm, Qm, P, H, N, Q);
             if (Q == 1 && N <= SHORT) {
                 real gt_[SHORT * LANES], xt[SHORT * LANES], wt[SHORT * LANES], gxt[SHORT * LANES];

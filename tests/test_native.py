@@ -24,8 +24,10 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 
 # (shape, norm axis, heads): every layout and size regime of kernels.c
 CASES = [
-    ((4096, 64), -1, 8),  # Q == 1, N = 8: column tiles, 512 full groups, two threads
-    ((300, 3, 16), -1, 1),  # Q == 1, N = 16, P * H not a multiple of 64: a partial group
+    ((4096, 64), -1, 8),  # Q == 1, N = 8: rows in registers (float32), 4096 blocks of 8, two threads
+    ((300, 3, 16), -1, 1),  # Q == 1, N = 16, P * H not a multiple of 8: a partial block of rows
+    ((2048, 48), -1, 2),  # Q == 1, N = 24: column tiles (8 x 8 transposes), two threads
+    ((100, 36), -1, 3),  # Q == 1, N = 12, P * H not a multiple of 64: a partial column tile
     ((7, 2, 40), 2, 1),  # Q == 1, N = 40 > 32: slices reduced in place
     ((16, 24, 1024), -2, 4),  # Q = 1024, N = 6: lanes across q, two threads
     ((3, 12, 70), 1, 3),  # Q = 70: one full group of 64 lanes and one of 6
@@ -49,7 +51,8 @@ def run(block: GaussianBlock, x: torch.Tensor, mask, gout: torch.Tensor, use_nat
     xr = x.clone().requires_grad_()
     out, details = block(xr, mask=mask, return_attention_details=True)
     grads = torch.autograd.grad(out, [xr, *block.parameters()], gout)
-    return [out.detach(), *details.values(), *grads]
+    weights = details.values() if isinstance(details, dict) else [details]  # a block's or a lone layer's
+    return [out.detach(), *weights, *grads]
 
 
 @pytest.mark.parametrize("shape,axis,heads", CASES)
@@ -83,6 +86,40 @@ def test_kernels_match_the_pytorch_path(shape, axis, heads, masked, dtype, monke
         torch.testing.assert_close(a.double(), r, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("regime", ["plain", "clamp", "underflow", "zero"])
+@pytest.mark.parametrize("shape,heads", [((37, 40), 5), ((21, 3, 64), 4)])  # N = 8 and 16, a partial block each
+def test_rows_in_registers_in_every_regime(shape, heads, regime, monkeypatch) -> None:
+    """Slices of 8 or 16 values (float32, no mask) take their own kernel: a lone
+    layer and a residual block, weights and all gradients, against float64, with
+    the eps clamp active, with the Gaussians' product underflowing (shifted by the
+    maximum) and with weights that are 0 throughout a slice."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=gen) * 2 + 0.5
+    gout = torch.randn(shape, generator=gen)
+    block = build(-1, heads, seed=5)
+    with torch.no_grad():
+        for layer in block.layers:
+            for h, head in enumerate(layer.attention_heads):
+                if regime == "clamp" and h % 2 == 0:  # half the heads: clamp active
+                    head.c.mul_(40.0)
+                elif regime == "underflow":  # exponents in the hundreds
+                    head.c.copy_(torch.tensor([0.04, 0.05, 0.06]))
+                elif regime == "zero" and h == 0:  # exp underflows to 0 everywhere
+                    head.c.fill_(1e15)
+    for module in (block, block.layers[0]):
+        ref = run(module.double(), x.double(), None, gout.double(), False, monkeypatch)
+        module.float()
+        ours = run(module, x, None, gout, True, monkeypatch)
+        torch_path = run(module, x, None, gout, False, monkeypatch)
+        for a, t, r in zip(ours, torch_path, ref):
+            assert torch.isfinite(a).all()
+            own_error = float((t.double() - r).abs().max())
+            atol = max(1e-5 * float(r.abs().max()), 10 * own_error)
+            torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=atol)
+    if regime == "zero":
+        assert (ours[1].view(-1, heads, shape[-1] // heads)[:, 0] == 0).all()
+
+
 def test_result_does_not_depend_on_the_thread_count(monkeypatch) -> None:
     """The head-parameter sums are added up per thread in a fixed order."""
     block = build(-1, 8)
@@ -100,7 +137,7 @@ def test_result_does_not_depend_on_the_thread_count(monkeypatch) -> None:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max()))
 
 
-@pytest.mark.parametrize("shape,axis,heads", [CASES[0], CASES[2], CASES[3]])  # column tiles, rows in place, lanes across q
+@pytest.mark.parametrize("shape,axis,heads", CASES[:5])  # rows in registers, column tiles, rows in place, lanes across q
 def test_without_the_weights_the_numbers_are_the_same(shape, axis, heads) -> None:
     """Not asking for the weights skips writing them (the backward recomputes them
     either way): the output and every gradient are bit for bit the same."""

@@ -2,8 +2,8 @@
 
 tests/test_attention.py already runs every oracle comparison through both
 paths; these tests cover what only the kernels have: the layouts they pick
-by shape (column tiles for short contiguous slices, lanes across q, partial
-groups, the multi-threaded split), the cache of the compiled library, and
+by shape (rows of 8 or 16 in registers, column tiles for other short
+contiguous slices, lanes across q, partial groups, the multi-threaded split), the cache of the compiled library, and
 the fallback when nothing can be compiled.
 """
 

@@ -220,7 +220,9 @@ static inline void tile_out(const Group *g, i64 d0, i64 N, const real *restrict 
     transpose_group(g->n_lanes, N, t, 1, LANES, dst + d0, N, 1);
 }
 
-static i64 n_groups(i64 P, i64 H, i64 Q) {
+/* Work items of a call: groups, or blocks of 8 slices for the rows kept in registers. */
+static i64 n_groups(i64 P, i64 H, i64 Q, int rows) {
+    if (rows) return (P * H + 7) / 8;
     return Q > 1 ? P * H * ((Q + LANES - 1) / LANES) : (P * H + LANES - 1) / LANES;
 }
 
@@ -623,17 +625,20 @@ static inline i64 head_of(i64 s, i64 H) { return (H & (H - 1)) == 0 ? s & (H - 1
 static void rows_forward_at(i64 t, const real *x, real *out, real *w, Stats st, const real *coef, i64 H, i64 S,
                             i64 N, real eps, real log_eps, int residual, v8 cf[4], i64 *key) {
     const i64 s0 = 8 * t, lanes = S - s0 < 8 ? S - s0 : 8, at = s0 * N;
-    rows_coefficients(head_of(s0, H), coef, H, cf, key);
-    if (lanes == 8) {
-        if (N == 8) rows_forward(x + at, out + at, w ? w + at : NULL, st, s0, cf, 8, eps, log_eps, residual);
-        else rows_forward(x + at, out + at, w ? w + at : NULL, st, s0, cf, 16, eps, log_eps, residual);
-        return;
+    float xb[8 * 16], ob[8 * 16], wb[8 * 16], sb[4 * 8];
+    const int part = lanes < 8;
+    const Stats sl = part ? stats_rows(sb, 8) : st;
+    const i64 k = part ? 0 : s0;
+    if (part) {
+        memset(xb, 0, sizeof xb);
+        memcpy(xb, x + at, sizeof(float) * lanes * N);
     }
-    float xb[8 * 16] = {0}, ob[8 * 16], wb[8 * 16], sb[4 * 8];
-    const Stats sl = stats_rows(sb, 8);
-    memcpy(xb, x + at, sizeof(float) * lanes * N);
-    if (N == 8) rows_forward(xb, ob, wb, sl, 0, cf, 8, eps, log_eps, residual);
-    else rows_forward(xb, ob, wb, sl, 0, cf, 16, eps, log_eps, residual);
+    const float *xs = part ? xb : x + at;
+    float *os = part ? ob : out + at, *ws = part ? wb : w ? w + at : NULL;
+    rows_coefficients(head_of(s0, H), coef, H, cf, key);
+    if (N == 8) rows_forward(xs, os, ws, sl, k, cf, 8, eps, log_eps, residual);
+    else rows_forward(xs, os, ws, sl, k, cf, 16, eps, log_eps, residual);
+    if (!part) return;
     memcpy(out + at, ob, sizeof(float) * lanes * N);
     if (w) memcpy(w + at, wb, sizeof(float) * lanes * N);
     for (int l = 0; l < lanes; l++)
@@ -644,22 +649,24 @@ static void rows_forward_at(i64 t, const real *x, real *out, real *w, Stats st, 
 static void rows_backward_at(i64 t, const real *gout, const real *x, Stats st, real *gx, double *acc, const real *coef,
                              i64 H, i64 S, i64 N, int residual, v8 cf[4], i64 *key) {
     const i64 s0 = 8 * t, lanes = S - s0 < 8 ? S - s0 : 8, at = s0 * N, h0 = head_of(s0, H);
-    rows_coefficients(h0, coef, H, cf, key);
-    if (lanes == 8) {
-        if (N == 8) rows_backward(gout + at, x + at, st, s0, gx ? gx + at : NULL, acc, h0, 8, H, cf, 8, residual);
-        else rows_backward(gout + at, x + at, st, s0, gx ? gx + at : NULL, acc, h0, 8, H, cf, 16, residual);
-        return;
+    float xb[8 * 16], gb[8 * 16], gxb[8 * 16], sb[4 * 8];
+    const int part = lanes < 8;
+    const Stats sl = part ? stats_rows(sb, 8) : st;
+    const i64 k = part ? 0 : s0;
+    if (part) {
+        for (int j = 0; j < 4 * 8; j++) sb[j] = 1; /* finite numbers in the padding lanes */
+        memset(xb, 0, sizeof xb), memset(gb, 0, sizeof gb);
+        memcpy(xb, x + at, sizeof(float) * lanes * N);
+        memcpy(gb, gout + at, sizeof(float) * lanes * N);
+        for (int l = 0; l < lanes; l++)
+            sl.mean[l] = st.mean[s0 + l], sl.var[l] = st.var[s0 + l], sl.shift[l] = st.shift[s0 + l], sl.scale[l] = st.scale[s0 + l];
     }
-    float xb[8 * 16] = {0}, gb[8 * 16] = {0}, gxb[8 * 16], sb[4 * 8];
-    const Stats sl = stats_rows(sb, 8);
-    for (int j = 0; j < 4 * 8; j++) sb[j] = 1; /* finite numbers in the padding lanes */
-    memcpy(xb, x + at, sizeof(float) * lanes * N);
-    memcpy(gb, gout + at, sizeof(float) * lanes * N);
-    for (int l = 0; l < lanes; l++)
-        sl.mean[l] = st.mean[s0 + l], sl.var[l] = st.var[s0 + l], sl.shift[l] = st.shift[s0 + l], sl.scale[l] = st.scale[s0 + l];
-    if (N == 8) rows_backward(gb, xb, sl, 0, gxb, acc, h0, lanes, H, cf, 8, residual);
-    else rows_backward(gb, xb, sl, 0, gxb, acc, h0, lanes, H, cf, 16, residual);
-    if (gx) memcpy(gx + at, gxb, sizeof(float) * lanes * N);
+    const float *gs = part ? gb : gout + at, *xs = part ? xb : x + at;
+    float *gxs = part ? gxb : gx ? gx + at : NULL;
+    rows_coefficients(h0, coef, H, cf, key);
+    if (N == 8) rows_backward(gs, xs, sl, k, gxs, acc, h0, lanes, H, cf, 8, residual);
+    else rows_backward(gs, xs, sl, k, gxs, acc, h0, lanes, H, cf, 16, residual);
+    if (part && gx) memcpy(gx + at, gxb, sizeof(float) * lanes * N);
 }
 #define ROWS_STATE v8 cf[4]; i64 key = -1;
 #else
@@ -679,7 +686,7 @@ void NAME(gaa_forward)(const real *x, real *out, real *w, real *stats, const rea
     const Stats st = stats_rows(stats, P * H * Q);
     const real log_eps = eps > 0 ? log(eps) : -INFINITY;
     const int rows = ROWS8(Q, N, m);
-    const i64 groups = rows ? (P * H + 7) / 8 : n_groups(P, H, Q);
+    const i64 groups = n_groups(P, H, Q, rows);
 #pragma omp parallel if (P * H * N * Q >= GRAIN)
     {
         FLUSH_DENORMALS_BEGIN
@@ -795,7 +802,7 @@ int NAME(gaa_backward)(const real *gout, const real *x, real *stats, const real 
     head_coefficients(offsets, scales, H, G, coef);
     const Stats st = stats_rows(stats, P * H * Q);
     const int rows = ROWS8(Q, N, m);
-    const i64 groups = rows ? (P * H + 7) / 8 : n_groups(P, H, Q);
+    const i64 groups = n_groups(P, H, Q, rows);
     const int threads = P * H * N * Q >= GRAIN ? omp_get_max_threads() : 1;
     /* one row of head sums per thread, added up in thread order afterwards so
      * that the result does not depend on timing */

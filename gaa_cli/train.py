@@ -31,6 +31,7 @@ from .errors import Interrupted, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 
+REFRESH_SAMPLES = 512  # training samples that BatchNorm's statistics are re-estimated from (see refresh_batchnorm)
 SAVE_EVERY_S = 10.0  # the last checkpoint and metrics.jsonl are rewritten at most this often (and at the end)
 
 __all__ = ["resolve_device", "Tensors", "to_tensors", "predict_proba", "fit", "TrainResult"]
@@ -105,6 +106,35 @@ def predict_proba(model: torch.nn.Module, t: Tensors, device: torch.device, batc
         m = t.mask[i : i + batch_size].to(device)
         out.append(torch.softmax(model(x, m).float(), dim=-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def refresh_batchnorm(model: torch.nn.Module, t: Tensors, batch_size: int, device: torch.device, max_samples: int = REFRESH_SAMPLES) -> None:
+    """Re-estimate every BatchNorm's running mean and variance from the training set; leaves the model in eval mode.
+
+    During training they are an exponential average over the last few batches, and on small sets one of those
+    is the short last batch (36 samples in batches of 32 end with a batch of 4), so they are noisy. Here each is
+    the plain average of the statistics of equal-sized batches (of about `batch_size`, the size the layers were
+    trained with) over up to `max_samples` samples, without augmentation.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    n = len(t.x)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_samples] if n > max_samples else torch.arange(n)
+    momenta = {m: m.momentum for m in norms}
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+        m.train()  # normalise with batch statistics and record them; everything else (dropout) stays in eval mode
+    try:
+        for chunk in idx.tensor_split(math.ceil(len(idx) / batch_size)):  # sizes differ by at most one
+            model(t.x[chunk].to(device), t.mask[chunk].to(device))
+    finally:
+        for m in norms:
+            m.momentum = momenta[m]
+            m.eval()
 
 
 # --- the recipe ------------------------------------------------------------------------
@@ -315,6 +345,8 @@ def fit(
                     if stop["flag"]:
                         raise Interrupted(save_last(epoch, step + 1))
                 metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr_at((epoch + 1) * steps_per_epoch - 1, total_steps, train_cfg.lr)}
+                if val_t is not None or epoch + 1 == train_cfg.epochs:  # before the model is validated, or kept as the final one
+                    refresh_batchnorm(model, tr, bs, device)
                 if val_t is not None:
                     probs = predict_proba(model, val_t, device)
                     yv = val_t.y.numpy()

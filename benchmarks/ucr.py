@@ -5,8 +5,12 @@ datasets/data folder), the TRAIN and TEST splits are written to Parquet (list
 layout: one list column per channel), then
   - `gaa train TRAIN.parquet` with default settings and `gaa evaluate --json` on TEST,
     once per seed, as subprocesses;
+  - from each of those checkpoints, the accuracy of its two halves alone: the
+    network (convolutional stem, GaussianBlock, head) and the random-feature ridge
+    classifier whose probabilities the default model averages with the network's;
   - the same recipe with the GaussianBlock replaced by the identity (`--gaa-layers 0`),
-    for the first `--ablation-seeds` seeds (default 1, to keep a run short);
+    for the first `--ablation-seeds` seeds (default 1, to keep a run short), with
+    and without its ridge half;
   - aeon's MiniRocketClassifier (defaults, random_state=0) on the same split.
 Variable-length sets (JapaneseVowels) go to gaa as they are; MiniRocket gets a
 copy in which every series is padded to the longest length by repeating its
@@ -84,6 +88,22 @@ def run_gaa(train: Path, test: Path, run_dir: Path, seed: int, extra: list[str],
     return report["accuracy"], seconds
 
 
+def branch_accuracies(run_dir: Path, test: Path) -> tuple[float, float]:
+    """Test accuracy of the trained network alone and of the ridge classifier alone, from the same checkpoint."""
+    import torch
+
+    from gaa_cli.data import load
+    from gaa_cli.inference import load_model
+    from gaa_cli.train import to_tensors
+
+    loaded = load_model(run_dir, device="cpu")
+    t = to_tensors(load(test, schema=loaded.schema), loaded.meta["normalization"], loaded.meta["classes"])
+    with torch.no_grad():
+        net = (loaded.model(t.x, t.mask).argmax(1) == t.y).float().mean().item()
+        ridge = (loaded.model.ridge(t.x, t.mask).argmax(1) == t.y).float().mean().item() if loaded.model.ridge is not None else float("nan")
+    return net, ridge
+
+
 def run_minirocket(train: tuple, test: tuple) -> tuple[float, float]:
     from aeon.classification.convolution_based import MiniRocketClassifier
 
@@ -97,6 +117,8 @@ def run_minirocket(train: tuple, test: tuple) -> tuple[float, float]:
 
 
 def fmt(values: list[float]) -> str:
+    if all(v != v for v in values):  # all NaN: the model has no such half
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
@@ -119,7 +141,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="gaa-ucr-"))
     rows = []
-    header = f"{'dataset':<18} {'gaa acc':>17} {'MiniRocket':>10} {'gaa train s':>12} {'MR fit s':>9} {'no-GAA acc':>17} {'GAA - none':>10}"
+    header = f"{'dataset':<18} {'gaa acc':>17} {'MiniRocket':>10} {'gaa train s':>12} {'MR fit s':>9} {'network alone':>17} {'ridge alone':>17} {'no-GAA acc':>17} {'GAA - none':>10} {'no-GAA network':>17}"
     print(header, flush=True)
     for name in args.datasets:
         train, test = load_split(name, "TRAIN"), load_split(name, "TEST")
@@ -127,24 +149,32 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         write_parquet(*train, folder / "train.parquet")
         write_parquet(*test, folder / "test.parquet")
-        accs, secs, ablated = [], [], []
+        accs, secs, ablated, nets, ridges, ablated_nets = [], [], [], [], [], []
         for seed in args.seeds:
             a, s = run_gaa(folder / "train.parquet", folder / "test.parquet", folder / f"run-{seed}", seed, [], args.threads)
             accs.append(a)
             secs.append(s)
+            net, ridge = branch_accuracies(folder / f"run-{seed}", folder / "test.parquet")
+            nets.append(net)
+            ridges.append(ridge)
             if not args.no_ablation and len(ablated) < args.ablation_seeds:
                 a0, _ = run_gaa(folder / "train.parquet", folder / "test.parquet", folder / f"ablation-{seed}", seed, ["--gaa-layers", "0"], args.threads)
                 ablated.append(a0)
+                ablated_nets.append(branch_accuracies(folder / f"ablation-{seed}", folder / "test.parquet")[0])
         mr_acc, mr_sec = run_minirocket(train, test) if not args.no_minirocket else (float("nan"), float("nan"))
-        row = {"dataset": name, "gaa": accs, "gaa_seconds": secs, "minirocket": mr_acc, "minirocket_seconds": mr_sec, "ablation": ablated}
+        row = {"dataset": name, "gaa": accs, "gaa_seconds": secs, "minirocket": mr_acc, "minirocket_seconds": mr_sec, "network": nets, "ridge": ridges, "ablation": ablated, "ablation_network": ablated_nets}
         rows.append(row)
         # the difference is taken over the seeds both ran
         delta = f"{statistics.mean(accs[: len(ablated)]) - statistics.mean(ablated):+.4f}" if ablated else "-"
         row["ablation_delta"] = statistics.mean(accs[: len(ablated)]) - statistics.mean(ablated) if ablated else None
-        print(f"{name:<18} {fmt(accs):>17} {mr_acc:>10.4f} {statistics.mean(secs):>12.1f} {mr_sec:>9.1f} {fmt(ablated) if ablated else '-':>17} {delta:>10}", flush=True)
-    mean = lambda key: statistics.mean(statistics.mean(r[key]) if isinstance(r[key], list) else r[key] for r in rows)  # noqa: E731
-    abl = f"{mean('ablation'):>17.4f} {statistics.mean(r['ablation_delta'] for r in rows):>+10.4f}" if not args.no_ablation else f"{'-':>17} {'-':>10}"
-    print(f"{'MEAN':<18} {mean('gaa'):>17.4f} {mean('minirocket'):>10.4f} {mean('gaa_seconds'):>12.1f} {mean('minirocket_seconds'):>9.1f} {abl}")
+        print(f"{name:<18} {fmt(accs):>17} {mr_acc:>10.4f} {statistics.mean(secs):>12.1f} {mr_sec:>9.1f} {fmt(nets):>17} {fmt(ridges):>17} {fmt(ablated) if ablated else '-':>17} {delta:>10} {fmt(ablated_nets) if ablated else '-':>17}", flush=True)
+    def mean(key: str) -> float:  # over the datasets that have a value
+        values = [statistics.mean(r[key]) if isinstance(r[key], list) else r[key] for r in rows]
+        values = [v for v in values if v == v]
+        return statistics.mean(values) if values else float("nan")
+
+    abl = f"{mean('ablation'):>17.4f} {statistics.mean(r['ablation_delta'] for r in rows):>+10.4f} {mean('ablation_network'):>17.4f}" if not args.no_ablation else f"{'-':>17} {'-':>10} {'-':>17}"
+    print(f"{'MEAN':<18} {mean('gaa'):>17.4f} {mean('minirocket'):>10.4f} {mean('gaa_seconds'):>12.1f} {mean('minirocket_seconds'):>9.1f} {mean('network'):>17.4f} {mean('ridge'):>17.4f} {abl}")
     worst = min(statistics.mean(r["gaa"]) - r["minirocket"] for r in rows)
     print(f"gaa mean - MiniRocket mean: {mean('gaa') - mean('minirocket'):+.4f}; worst dataset gap: {worst:+.4f}; per-seed spread is the ± (sample std over {len(args.seeds)} seeds)")
     if args.json:

@@ -165,10 +165,12 @@ def train(
     gaa_axes: Annotated[Optional[Axes], typer.Option(help="What the GaussianBlock normalises over \\[default: time].", rich_help_panel="Model")] = None,
     gaa_mixture: Annotated[Optional[bool], typer.Option("--gaa-mixture/--gaa-product", help="Mixture of Gaussians instead of their product \\[default: product].", rich_help_panel="Model")] = None,
     dropout: Annotated[OptFloat, typer.Option(help="Dropout before the head \\[default: 0].", rich_help_panel="Model")] = None,
+    ridge_features: Annotated[OptInt, typer.Option(help="Random-convolution features of the ridge classifier whose probabilities are averaged with the network's; 0 = the network alone \\[default: 10000 for one channel, else 0].", rich_help_panel="Model")] = None,
 ) -> None:
     """Train a classifier and write checkpoints, metrics and the resolved config to a run directory."""
     model_opts = dict(width=width, stride=stride, stem_layers=stem_layers, kernel_size=kernel_size, gaa_layers=gaa_layers, gaa_heads=gaa_heads,
-                      gaa_gaussians=gaa_gaussians, gaa_axes=gaa_axes.value if gaa_axes else None, gaa_mixture=gaa_mixture, dropout=dropout)
+                      gaa_gaussians=gaa_gaussians, gaa_axes=gaa_axes.value if gaa_axes else None, gaa_mixture=gaa_mixture, dropout=dropout,
+                      ridge_features=ridge_features)
     train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
                       val_split=val_split, patience=patience, augment=augment, seed=seed, device=device)
     with _reported():
@@ -187,6 +189,8 @@ def train(
         for k in ("val_acc", "val_loss", "train_loss"):
             if k in result.metrics:
                 table.add_row(k.replace("_", " "), f"{result.metrics[k]:.4f}")
+        if result.ridge:
+            table.add_row("ridge leave-one-out acc", f"{result.ridge['loo_accuracy']:.4f} ({result.ridge['samples']} samples)")
         table.add_row("time", f"{result.seconds:.1f} s")
         out.print(table)
         err.print(f"next: gaa evaluate {result.run_dir} TEST_FILE", markup=False)

@@ -7,6 +7,9 @@ The model takes normalised inputs and returns logits; it never touches files.
 The GaussianBlock computes x + sum_l x * w_l, with attention weights w_l that sum to one
 over the valid steps (norm axis: time). Summing what the block adds over time is a
 learned Gaussian attention pooling; it sits beside plain mean pooling before the head.
+
+`probabilities` averages the network's class probabilities with those of a ridge classifier on
+random convolution features (random_features.py), which `fit` solves before training starts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from gaussian_adaptive_attention import GaussianBlock
 
 from .config import ModelConfig
+from .random_features import RandomFeatureRidge
 
 __all__ = ["SequenceClassifier", "MIN_LENGTH"]
 
@@ -58,6 +62,7 @@ class SequenceClassifier(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * w, n_classes)
+        self.ridge = RandomFeatureRidge(cfg.ridge_features, cfg.ridge_length or 1, channels, n_classes) if cfg.ridge_features else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x: (B, T, C), mask: (B, T) bool
@@ -75,3 +80,10 @@ class SequenceClassifier(nn.Module):
         else:
             att = torch.zeros_like(mean)
         return self.head(self.drop(torch.cat([mean, att], dim=1)))  # (B, K)
+
+    def probabilities(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, C), (B, T) -> class probabilities (B, K): the network's, averaged with the ridge's once it is fitted."""
+        p = torch.softmax(self(x, mask).float(), dim=-1)
+        if self.ridge is not None and self.ridge.fitted:
+            p = (p + torch.softmax(self.ridge(x, mask), dim=-1)) / 2
+        return p

@@ -7,6 +7,7 @@ metrics.jsonl, config.toml); the caller reports the returned summary.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -97,14 +98,14 @@ def to_tensors(data: SequenceData, norm: dict[str, list[float]], classes: list |
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, t: Tensors, device: torch.device, batch_size: int = 256) -> np.ndarray:
+def predict_proba(model: SequenceClassifier, t: Tensors, device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (N, K), in input order."""
     model.eval()
     out = []
     for i in range(0, len(t.x), batch_size):
         x = t.x[i : i + batch_size].to(device)
         m = t.mask[i : i + batch_size].to(device)
-        out.append(torch.softmax(model(x, m).float(), dim=-1).cpu())
+        out.append(model.probabilities(x, m).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -183,6 +184,7 @@ class TrainResult:
     epochs_run: int
     metrics: dict[str, float]  # the best epoch's
     seconds: float
+    ridge: dict | None  # what the ridge classifier's fit chose (random_features.RandomFeatureRidge.fit), if it has one
 
 
 def fit(
@@ -220,6 +222,12 @@ def fit(
     torch.manual_seed(train_cfg.seed)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     model = SequenceClassifier(model_cfg, shape.channels, len(classes)).to(device)
+    ridge = resume.meta.get("ridge") if resume is not None else None  # a resumed run reports its ridge as first fitted
+    if not (isinstance(ridge, dict) and isinstance(ridge.get("loo_accuracy"), float) and isinstance(ridge.get("samples"), int)):
+        ridge = None
+    if model.ridge is not None and resume is None:  # closed form, from the training split alone; the network never sees it
+        with console.status("fitting the random-feature ridge classifier") if show_progress else contextlib.nullcontext():
+            ridge = model.ridge.fit(tr.x, tr.mask, tr.y, torch.Generator().manual_seed(train_cfg.seed), smoothing=train_cfg.label_smoothing)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     n = len(tr.x)
     bs = min(train_cfg.batch_size, n)
@@ -257,6 +265,7 @@ def fit(
         "normalization": norm,
         "lengths": {"min": int(data.lengths.min()), "max": int(data.lengths.max()), "mean": float(data.lengths.mean())},
         "n_train_samples": int(n),
+        "ridge": ridge,
         "sources": sources or {},
         "versions": {"gaa": __version__, "torch": torch.__version__, "format": ckpt_io.FORMAT_VERSION},
     }
@@ -378,7 +387,7 @@ def fit(
         if in_main:
             signal.signal(signal.SIGINT, previous)
     best = next(m for m in loop["history"] if m["epoch"] == loop["best_epoch"])
-    return TrainResult(run_dir, run_dir / ckpt_io.BEST, loop["best_epoch"], len(loop["history"]), best, time.perf_counter() - started)
+    return TrainResult(run_dir, run_dir / ckpt_io.BEST, loop["best_epoch"], len(loop["history"]), best, time.perf_counter() - started, ridge)
 
 
 def _is_main_thread() -> bool:

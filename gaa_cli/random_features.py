@@ -1,8 +1,8 @@
-"""A second opinion for small data sets: random convolution features and a ridge classifier, fitted in closed form.
+"""A second classifier beside the network: random convolution features and a ridge classifier, fitted in closed form.
 
 A fixed bank of random dilated convolutions (never trained) turns each sequence into F numbers: for every
 kernel, dilation and threshold, the fraction of valid time steps where the convolution's output lies above
-the threshold. The thresholds are quantiles of the outputs on training sequences. A ridge classifier on the
+the threshold. Each threshold lies between two adjacent sorted outputs on a training sequence. A ridge classifier on the
 standardised features is then solved exactly, its penalty chosen by leave-one-out error, and its scores are
 scaled into logits by the temperature that minimises the leave-one-out log loss.
 

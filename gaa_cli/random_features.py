@@ -91,7 +91,7 @@ class RandomFeatureRidge(nn.Module):
         return self.temperature * (f @ self.weight + self.bias)
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, gen: torch.Generator, smoothing: float = 0.0, batch_size: int = 64) -> dict:
+    def fit(self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, gen: torch.Generator, smoothing: float = 0.0) -> dict:
         """Draw the channel mixes and thresholds from (N, T, C) training data, then solve the ridge classifier.
 
         Returns what was chosen: samples used, penalty, temperature and the leave-one-out accuracy.
@@ -116,7 +116,7 @@ class RandomFeatureRidge(nn.Module):
             z = z[:, mask[j].to(dev)].sort(dim=-1).values  # (M, T_j)
             at = (levels[i].to(dev) * (z.shape[-1] - 1)).long().clamp_max(z.shape[-1] - 2)  # (M, P)
             self.thresholds[i] = (z.gather(1, at) + z.gather(1, at + 1)) / 2  # between two outputs, never tied with one
-        feats = torch.cat([self.transform(x[s : s + batch_size].to(dev), mask[s : s + batch_size].to(dev)) for s in range(0, n, batch_size)]).cpu().double()  # (N, F)
+        feats = self.transform(x.to(dev), mask.to(dev)).cpu().double()  # (N, F); transform bounds its own memory
         center, scale = feats.mean(0), feats.std(0, unbiased=False)
         scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
         a = (feats - center) / scale  # (N, F)

@@ -94,7 +94,7 @@ def branch_accuracies(run_dir: Path, test: Path) -> tuple[float, float]:
 
     from gaa_cli.data import load
     from gaa_cli.inference import load_model
-    from gaa_cli.train import to_tensors
+    from gaa_cli.tensors import to_tensors
 
     loaded = load_model(run_dir, device="cpu")
     t = to_tensors(load(test, schema=loaded.schema), loaded.meta["normalization"], loaded.meta["classes"])

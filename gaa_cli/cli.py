@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import inspect
 import json
 import math
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional, get_args, get_type_hints
 
 import typer
 from rich.console import Console
@@ -53,12 +57,6 @@ class Layout(str, Enum):
     wide = "wide"
     long = "long"
     list = "list"
-
-
-class Axes(str, Enum):
-    time = "time"
-    features = "features"
-    both = "both"
 
 
 class Format(str, Enum):
@@ -122,19 +120,51 @@ def _root(
 # --- gaa train -------------------------------------------------------------------------------------
 
 DataArg = Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file, or a folder of Parquet files.", show_default=False)]
-OptInt = Optional[int]
-OptFloat = Optional[float]
 
 
 def _features(value: Optional[str]) -> Optional[list[str]]:
     return [c.strip() for c in value.split(",") if c.strip()] if value else None
 
 
+def _config_options() -> list[inspect.Parameter]:
+    """One `gaa train` option per field of ModelConfig and TrainConfig that declares one (config.option)."""
+    from .config import ModelConfig, TrainConfig  # plain dataclasses: no torch
+
+    params = []
+    for cls in (TrainConfig, ModelConfig):
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            if "help" not in f.metadata:
+                continue
+            kind = next(t for t in (get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
+            if f.metadata["choices"]:
+                kind = Enum(f.name, {c: c for c in f.metadata["choices"]}, type=str)
+            decls = [f.metadata["flag"]] if f.metadata["flag"] else []
+            opt = typer.Option(*decls, help=f.metadata["help"], rich_help_panel=f.metadata["panel"], show_default=False)
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], opt]))
+    return params
+
+
+def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the config options; it receives the values given as one dict, `options` (None = not given)."""
+    extra = _config_options()
+    names = {p.name for p in extra}
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        options = {k: v.value if isinstance(v, Enum) else v for k, v in kwargs.items() if k in names}
+        command(**{k: v for k, v in kwargs.items() if k not in names}, options=options)
+
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+    wrapper.__signature__ = inspect.Signature(own + extra)  # what Typer reads the options from
+    return wrapper
+
+
 @app.command(epilog="Examples:\n\n  gaa train sample_data/gestures_train.parquet\n\n  gaa train data.csv --label target --epochs 50 --out runs/first\n\n  gaa train --resume runs/first")
+@_with_config_options
 def train(
     data: Annotated[Optional[Path], typer.Argument(help="Training data: CSV (.csv, .csv.gz), Parquet, or a folder of Parquet files. Optional with --resume.", show_default=False)] = None,
     val: Annotated[Optional[Path], typer.Option(help="Validation file (same layout) used to pick the best checkpoint.", rich_help_panel="Data")] = None,
-    val_split: Annotated[OptFloat, typer.Option(help="Fraction of the training data held out for validation \\[default: from the data's size].", rich_help_panel="Data")] = None,
     layout: Annotated[Layout, typer.Option(help="Data layout; auto picks it from the file's columns.", rich_help_panel="Data")] = Layout.auto,
     label: Annotated[str, typer.Option(help="Label column.", rich_help_panel="Data")] = "label",
     id_col: Annotated[Optional[str], typer.Option(help="Sequence id column (long and list layouts).", rich_help_panel="Data")] = None,
@@ -145,41 +175,18 @@ def train(
     force: Annotated[bool, typer.Option(help="Reuse a non-empty run directory, replacing its checkpoints.", rich_help_panel="Run")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.", rich_help_panel="Run")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with \\[model] and \\[train] tables; options given here win.", rich_help_panel="Run")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N \\[default: auto].", rich_help_panel="Run")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel="Run")] = False,
-    epochs: Annotated[OptInt, typer.Option(help="Maximum epochs \\[default: from the data's size].", rich_help_panel="Training")] = None,
-    batch_size: Annotated[OptInt, typer.Option(help="Batch size \\[default: from the data's size].", rich_help_panel="Training")] = None,
-    lr: Annotated[OptFloat, typer.Option(help="Peak learning rate \\[default: 3e-3].", rich_help_panel="Training")] = None,
-    weight_decay: Annotated[OptFloat, typer.Option(help="AdamW weight decay \\[default: 1e-2].", rich_help_panel="Training")] = None,
-    label_smoothing: Annotated[OptFloat, typer.Option(help="Label smoothing \\[default: 0.1].", rich_help_panel="Training")] = None,
-    patience: Annotated[OptInt, typer.Option(help="Stop after this many epochs without validation gain; 0 = never.", rich_help_panel="Training")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random per-channel scaling and jitter during training \\[default: on].", rich_help_panel="Training")] = None,
-    seed: Annotated[OptInt, typer.Option(help="Random seed \\[default: 0].", rich_help_panel="Training")] = None,
-    width: Annotated[OptInt, typer.Option(help="Width of the convolutional stem \\[default: 64].", rich_help_panel="Model")] = None,
-    stride: Annotated[OptInt, typer.Option(help="Time downsampling in the first convolution \\[default: ceil(length / 256)].", rich_help_panel="Model")] = None,
-    stem_layers: Annotated[OptInt, typer.Option(help="Dilated residual conv layers after the first \\[default: 3].", rich_help_panel="Model")] = None,
-    kernel_size: Annotated[OptInt, typer.Option(help="Conv kernel size \\[default: 7].", rich_help_panel="Model")] = None,
-    gaa_layers: Annotated[OptInt, typer.Option(help="GaussianBlock layers; 0 replaces the block by the identity \\[default: 1].", rich_help_panel="Model")] = None,
-    gaa_heads: Annotated[OptInt, typer.Option(help="Heads per GaussianBlock layer \\[default: 1].", rich_help_panel="Model")] = None,
-    gaa_gaussians: Annotated[OptInt, typer.Option(help="Gaussians per head \\[default: 2].", rich_help_panel="Model")] = None,
-    gaa_axes: Annotated[Optional[Axes], typer.Option(help="What the GaussianBlock normalises over \\[default: time].", rich_help_panel="Model")] = None,
-    gaa_mixture: Annotated[Optional[bool], typer.Option("--gaa-mixture/--gaa-product", help="Mixture of Gaussians instead of their product \\[default: product].", rich_help_panel="Model")] = None,
-    dropout: Annotated[OptFloat, typer.Option(help="Dropout before the head \\[default: 0].", rich_help_panel="Model")] = None,
-    ridge_features: Annotated[OptInt, typer.Option(help="Random-convolution features of the ridge classifier whose probabilities are averaged with the network's; 0 = the network alone \\[default: 10000 for one channel, else 0].", rich_help_panel="Model")] = None,
+    options: Optional[dict] = None,
 ) -> None:
     """Train a classifier and write checkpoints, metrics and the resolved config to a run directory."""
-    model_opts = dict(width=width, stride=stride, stem_layers=stem_layers, kernel_size=kernel_size, gaa_layers=gaa_layers, gaa_heads=gaa_heads,
-                      gaa_gaussians=gaa_gaussians, gaa_axes=gaa_axes.value if gaa_axes else None, gaa_mixture=gaa_mixture, dropout=dropout,
-                      ridge_features=ridge_features)
-    train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
-                      val_split=val_split, patience=patience, augment=augment, seed=seed, device=device)
     with _reported():
+        from .config import ModelConfig, TrainConfig, options_of
         from .runs import TrainRequest, run_training  # torch loads here, where Ctrl-C is handled
 
         request = TrainRequest(
             data=data, val=val, out=out_dir, force=force, resume=resume, config=config,
             layout=layout.value, label=label, id_col=id_col, time_col=time_col, features=_features(features),
-            allow_missing=allow_missing, model_options=model_opts, train_options=train_opts,
+            allow_missing=allow_missing, model_options=options_of(ModelConfig, options), train_options=options_of(TrainConfig, options),
         )
         result = run_training(request, console=err, show_progress=not quiet, notes=_notes)
         table = Table(title="gaa train", show_header=False, title_justify="left")

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import sys
 import types
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 from .errors import UsageError
 
-__all__ = ["ModelConfig", "TrainConfig", "DataShape", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate"]
+__all__ = ["AXES", "ModelConfig", "TrainConfig", "DataShape", "option", "options_of", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate"]
 
 AXES = ("time", "features", "both")
 MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
@@ -30,21 +30,29 @@ TARGET_STEPS = 1000  # optimiser steps of a default run
 RIDGE_FEATURES = 10_000  # random-convolution features of a default run (see random_features.py)
 
 
+def option(default: Any, help: str, panel: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field that is also a `gaa train` option: its help text, help panel, flag spelling and choices
+    live here and nowhere else (cli.py builds the options from them)."""
+    return field(default=default, metadata={"help": help, "panel": panel, "flag": flag, "choices": choices})
+
+
 @dataclass
 class ModelConfig:
     """The classifier around a GaussianBlock (see model.py). None = chosen from the data's shape."""
 
-    width: int | None = None  # channels of the convolutional stem
-    stride: int | None = None  # time downsampling in the first convolution (long series)
-    stem_layers: int = 3  # dilated residual conv layers after the first convolution
-    kernel_size: int = 7  # convolution kernel size
-    gaa_layers: int = 1  # layers in the GaussianBlock (0 = identity, for ablations)
-    gaa_heads: int = 1  # heads per GaussianBlock layer
-    gaa_gaussians: int = 2  # Gaussians per head
-    gaa_axes: str = "time"  # what the block normalises over: time, features or both
-    gaa_mixture: bool = False  # true mixture of Gaussians instead of their product
-    dropout: float = 0.0  # dropout before the classification head
-    ridge_features: int | None = None  # random-convolution features of the ridge classifier averaged with the network (0 = none)
+    width: int | None = option(None, "Width of the convolutional stem \\[default: 64].", "Model")
+    stride: int | None = option(None, "Time downsampling in the first convolution \\[default: ceil(length / 256)].", "Model")
+    stem_layers: int = option(3, "Dilated residual conv layers after the first \\[default: 3].", "Model")
+    kernel_size: int = option(7, "Conv kernel size \\[default: 7].", "Model")
+    gaa_layers: int = option(1, "GaussianBlock layers; 0 replaces the block by the identity \\[default: 1].", "Model")
+    gaa_heads: int = option(1, "Heads per GaussianBlock layer \\[default: 1].", "Model")
+    gaa_gaussians: int = option(2, "Gaussians per head \\[default: 2].", "Model")
+    gaa_axes: str = option("time", "What the GaussianBlock normalises over \\[default: time].", "Model", choices=AXES)
+    gaa_mixture: bool = option(False, "Mixture of Gaussians instead of their product \\[default: product].", "Model", flag="--gaa-mixture/--gaa-product")
+    dropout: float = option(0.0, "Dropout before the head \\[default: 0].", "Model")
+    ridge_features: int | None = option(
+        None, "Random-convolution features of the ridge classifier whose probabilities are averaged with the network's; "
+        "0 = the network alone \\[default: 10000 for one channel, else 0].", "Model")
     ridge_length: int | None = None  # the sequence length the ridge's dilations are chosen for (the longest training sequence)
 
 
@@ -52,16 +60,16 @@ class ModelConfig:
 class TrainConfig:
     """The training recipe. None = chosen from the data's shape."""
 
-    epochs: int | None = None  # maximum epochs
-    batch_size: int | None = None
-    lr: float = 3e-3  # peak learning rate (AdamW, one-cycle schedule)
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.1
-    val_split: float | None = None  # fraction of TRAIN held out for model selection (0 = none)
-    patience: int | None = None  # epochs without improvement before stopping early (0 = never)
-    augment: bool = True  # random per-channel scaling and jitter during training
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    epochs: int | None = option(None, "Maximum epochs \\[default: from the data's size].", "Training")
+    batch_size: int | None = option(None, "Batch size \\[default: from the data's size].", "Training")
+    lr: float = option(3e-3, "Peak learning rate \\[default: 3e-3].", "Training")  # AdamW, one-cycle schedule
+    weight_decay: float = option(1e-2, "AdamW weight decay \\[default: 1e-2].", "Training")
+    label_smoothing: float = option(0.1, "Label smoothing \\[default: 0.1].", "Training")
+    val_split: float | None = option(None, "Fraction of the training data held out for validation \\[default: from the data's size].", "Data")
+    patience: int | None = option(None, "Stop after this many epochs without validation gain; 0 = never.", "Training")
+    augment: bool = option(True, "Random per-channel scaling and jitter during training \\[default: on].", "Training", flag="--augment/--no-augment")
+    seed: int = option(0, "Random seed \\[default: 0].", "Training")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N \\[default: auto].", "Run")
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | Non
         v = getattr(model, name)
         if v is not None and not lo <= v <= hi:
             raise bad(name, v, f"an integer from {lo} to {hi}")
-    if model.gaa_axes not in ("time", "features", "both"):
+    if model.gaa_axes not in AXES:
         raise bad("gaa_axes", model.gaa_axes, "time, features or both")
     if not 0 <= train.seed <= 2**63 - 1:  # what both numpy and torch accept
         raise bad("seed", train.seed, f"an integer from 0 to {2**63 - 1}")
@@ -189,6 +197,12 @@ def load_toml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     where = {"model": f"{path} [model]", "train": f"{path} [train]"}
     validate(from_dict(ModelConfig, model, where["model"]), from_dict(TrainConfig, train, where["train"]), where)
     return model, train
+
+
+def options_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `values` that are fields of the config class `cls`."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 def merge(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any], where: str) -> Any:

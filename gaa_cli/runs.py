@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,16 +10,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
-import torch
 
 from . import checkpoint as ckpt_io
-from .config import ModelConfig, TrainConfig, from_dict, load_toml, merge, validate
+from .config import ModelConfig, TrainConfig, load_toml, merge, validate
 from .data import Schema, SequenceData, load
-from .errors import CheckpointError, DataError, GaaError, UsageError
+from .device import resolve_device
+from .errors import CheckpointError, DataError, UsageError
 from .files import atomic_write, atomic_write_text
-from .inference import SAVED, build_model, check_checkpoint, reason
 from .model import MIN_LENGTH
-from .train import TrainResult, data_fingerprint, fit, resolve_device
+from .tensors import fingerprint
+from .train import TrainResult, fit
 
 __all__ = ["TrainRequest", "run_training", "write_predictions"]
 
@@ -110,50 +109,6 @@ def _check_val_labels(val: SequenceData, data: SequenceData, val_path: Path, dat
         )
 
 
-def _check_resume_state(ck: ckpt_io.Checkpoint, path: Path) -> tuple[ModelConfig, TrainConfig]:
-    """The saved configs, after checking the weights and the training state fit together."""
-    model_cfg, schema = check_checkpoint(ck, path)
-    try:
-        train_cfg = from_dict(TrainConfig, ck.meta["train_config"], SAVED["train"])
-        validate(model_cfg, train_cfg, where=SAVED)
-        r = ck.meta["resume"]
-        loop = r["loop"]
-        counters = ("epoch", "step", "best_epoch", "bad_epochs")
-        if not all(isinstance(loop[k], int) and not isinstance(loop[k], bool) and loop[k] >= 0 for k in counters):
-            raise ValueError(f"loop counters {', '.join(counters)} must be whole numbers >= 0")
-        if not all(isinstance(loop[k], (int, float)) for k in ("best_acc", "best_loss")):
-            raise ValueError("best_acc and best_loss must be numbers")
-        if train_cfg.epochs is None or loop["epoch"] > train_cfg.epochs:
-            raise ValueError(f"epoch {loop['epoch']} is beyond the run's {train_cfg.epochs} epochs")
-        history = loop["history"]
-        if not isinstance(history, list) or len(history) != loop["epoch"] or not all(isinstance(m, dict) and "epoch" in m for m in history):
-            raise ValueError("the metrics history does not match the epoch count")
-        if loop["best_epoch"] and not any(m["epoch"] == loop["best_epoch"] for m in history):
-            raise ValueError(f"best epoch {loop['best_epoch']} is not in the history")
-        if not isinstance(r["fingerprint"], str) or not isinstance(r["param_groups"], list) or not all(isinstance(g, dict) for g in r["param_groups"]):
-            raise ValueError("fingerprint or optimiser settings have the wrong type")
-        for name in ("rng.torch", "rng.gen") + (("perm",) if loop["step"] > 0 else ()):
-            if name not in ck.state:
-                raise ValueError(f"the training state lacks {name}")
-        with torch.device("meta"):  # the optimiser keeps one state per parameter, in this order
-            shapes = [tuple(p.shape) for p in build_model(model_cfg, schema, len(ck.meta["classes"])).parameters()]
-        listed = sorted(i for g in r["param_groups"] for i in g.get("params", []))
-        if listed != list(range(len(shapes))):
-            raise ValueError(f"the optimiser settings list {len(listed)} parameters, the model has {len(shapes)}")
-        for name, t in ck.state.items():
-            if name.startswith("optim."):
-                pid, _, key = name[len("optim."):].partition(".")
-                if not pid.isdigit() or int(pid) >= len(shapes) or key not in ("step", "exp_avg", "exp_avg_sq"):
-                    raise ValueError(f"unexpected optimiser tensor {name}")
-                want = () if key == "step" else shapes[int(pid)]
-                # gaa 0.1 stored each head's parameters as (G,): same values as a (1, G) row, reshaped on resume
-                if t.numel() != math.prod(want) or (key != "step" and not t.is_floating_point()):
-                    raise ValueError(f"optimiser tensor {name} is {t.dtype} {tuple(t.shape)}, the model needs a float tensor of shape {want}")
-    except (GaaError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: checkpoint training state is invalid ({reason(e)}); it cannot be resumed") from None
-    return model_cfg, train_cfg
-
-
 def _remove_stale_temps(run_dir: Path) -> None:
     """Temporary files left by a run killed while writing (see files.atomic_write)."""
     for name in RUN_FILES:
@@ -173,7 +128,7 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
     ck = ckpt_io.load(last)
     if "resume" not in ck.meta:
         raise UsageError(f"{last}: checkpoint holds no training state; it cannot be resumed")
-    model_cfg, train_cfg = _check_resume_state(ck, last)
+    model_cfg, train_cfg = ckpt_io.check_resume_state(ck, last)
     if req.train_options.get("device"):
         train_cfg.device = req.train_options["device"]
     resolve_device(train_cfg.device)
@@ -186,7 +141,7 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
     allow_missing = sources.get("allow_missing") == "True"
     data = load(data_path, schema=Schema.from_dict(ck.meta["schema"]), need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH)
     val = load(Path(sources["val"]), schema=data.schema, need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH) if sources.get("val") else None
-    if data_fingerprint(data) != ck.meta["resume"]["fingerprint"]:
+    if fingerprint(data) != ck.meta["resume"]["fingerprint"]:
         raise UsageError(f"{data_path}: differs from the data run {run_dir} was trained on; resume with the same file, or start a new run")
     _remove_stale_temps(run_dir)
     notes(data.notes)

@@ -625,7 +625,7 @@ def test_autocast_cpu_bfloat16_stays_close_to_float32() -> None:
     torch.testing.assert_close(out32, block(x.detach()))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_autocast_cuda_float16() -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(16, 16).cuda()

@@ -38,10 +38,7 @@ import torch
 
 from gaa_cli.cli import main
 
-from .conftest import run_gaa
-
-# The smallest model that still has every part: keeps each training run well under a second.
-TINY = ("--epochs", "1", "--width", "8", "--gaa-heads", "1", "--gaa-layers", "1", "--gaa-gaussians", "2", "--stem-layers", "1", "--batch-size", "8", "-q")
+from .conftest import TINY, run_gaa
 
 
 # ----------------------------------------------------------------------------

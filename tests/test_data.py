@@ -6,7 +6,6 @@ All inputs are real files written into tmp_path (CSV text, or Parquet via pyarro
 from __future__ import annotations
 
 import gzip
-import time
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +256,8 @@ def test_missing_values_allowed_stay_nan_and_are_counted(tmp_path):
     assert d.missing == 1 and np.isnan(d.x[0, 1, 0]) and d.x[1, 1, 0] == 0
 
 
-def test_100k_row_long_file_loads_quickly(tmp_path):
+def test_shuffled_long_file_of_100k_rows_loads_every_value(tmp_path):
+    """Speed is measured in benchmarks/; here only the result: every value lands at its (id, time) place."""
     n_ids, steps = 2000, 50
     rng = np.random.default_rng(0)
     df = pd.DataFrame(
@@ -268,13 +268,13 @@ def test_100k_row_long_file_loads_quickly(tmp_path):
             "b": rng.normal(size=n_ids * steps).round(3),
             "label": np.repeat(rng.choice(["p", "q"], size=n_ids), steps),
         }
-    ).sample(frac=1.0, random_state=0)
-    df.to_csv(tmp_path / "big.csv", index=False)
-    start = time.perf_counter()
+    )
+    want = df[["a", "b"]].to_numpy(np.float32).reshape(n_ids, steps, 2)
+    df.sample(frac=1.0, random_state=0).to_csv(tmp_path / "big.csv", index=False)
     d = load(tmp_path / "big.csv")
-    took = time.perf_counter() - start
     assert d.x.shape == (n_ids, steps, 2)
-    assert took < 5.0, took  # about 0.3 s on a quiet machine
+    order = np.argsort([int(i) for i in d.ids])  # ids come back in order of first appearance
+    np.testing.assert_array_equal(d.x[order], want)
 
 
 # ----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from gaa_cli.config import DataShape, ModelConfig, TrainConfig, resolve
 from gaa_cli.data import load
 from gaa_cli.inference import load_model
 from gaa_cli.random_features import PENALTIES, TEMPERATURES, RandomFeatureRidge, dilations
-from gaa_cli.train import fit, predict_proba, to_tensors
+from gaa_cli.tensors import predict_proba, to_tensors
+from gaa_cli.train import fit
 
 
 def _data(n: int, t: int, c: int, seed: int = 0, classes: int = 3):

@@ -14,7 +14,8 @@ from gaa_cli.config import ModelConfig, TrainConfig
 from gaa_cli.data import load
 from gaa_cli.inference import load_model
 from gaa_cli.model import SequenceClassifier
-from gaa_cli.train import Tensors, fit, refresh_batchnorm, to_tensors
+from gaa_cli.tensors import Tensors, to_tensors
+from gaa_cli.train import fit, refresh_batchnorm
 
 
 def _norms(model: torch.nn.Module) -> list[torch.nn.BatchNorm1d]:

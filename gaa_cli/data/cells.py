@@ -1,0 +1,142 @@
+"""Cell values: what counts as missing, parsing numbers, and numeric columns as float32."""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+
+from .messages import quote, plural
+
+if TYPE_CHECKING:
+    from .read import Table
+
+__all__ = ["NA_STRINGS", "NAME_NA_STRINGS", "FLOAT32_MAX", "missing_mask", "is_plain_numeric", "parse_numbers", "to_float32", "missing_error", "numeric_columns", "python_values", "object_array"]
+
+
+# Number cells holding these strings (any case, blanks around ignored) count as missing.
+NA_STRINGS = frozenset({"", "nan", "-nan", "na", "n/a", "#n/a", "#na", "<na>", "null", "none", "nil", "?"})
+# Labels and ids are names: "NA" or "None" may be a class, so only these count as missing.
+NAME_NA_STRINGS = frozenset({"", "nan"})
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def missing_mask(s: pd.Series, na_strings: frozenset = NA_STRINGS) -> np.ndarray:
+    """True where a cell is empty: null, NaN, or one of `na_strings` (blank, 'NA', ...)."""
+    m = s.isna().to_numpy(dtype=bool, copy=True)
+    if s.dtype == object or pd.api.types.is_string_dtype(s.dtype) or isinstance(s.dtype, pd.CategoricalDtype):
+        rest = ~m
+        if rest.any():
+            txt = s[rest].astype(str).str.strip().str.lower()
+            m[rest] = txt.isin(na_strings).to_numpy(dtype=bool)
+    return m
+
+
+def is_plain_numeric(dtype) -> bool:
+    return pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+    )
+
+
+def parse_numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values with NaN where empty or unparseable, mask of cells that are not empty but unparseable)."""
+    missing = missing_mask(s)
+    if is_plain_numeric(s.dtype):
+        vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        return vals, np.zeros(len(s), dtype=bool)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype) or pd.api.types.is_timedelta64_dtype(s.dtype):
+        return np.full(len(s), np.nan), ~missing
+    obj = s.astype(object)
+    try:
+        vals = pd.to_numeric(obj, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    except (TypeError, ValueError, OverflowError):
+        vals = np.array([_one_float(v) for v in obj], dtype=np.float64)
+    # Dates, lists and the like sometimes convert to numbers; they are not numbers to us.
+    odd = obj.map(lambda v: v is not None and not isinstance(v, _NUMBER_LIKE))
+    odd = odd.to_numpy(dtype=bool) & ~missing
+    vals[odd] = np.nan
+    bad = np.isnan(vals) & ~missing
+    return vals, bad
+
+
+_NUMBER_LIKE = (str, bytes, int, float, bool, np.number, np.bool_, decimal.Decimal)
+
+
+def _one_float(v: object) -> float:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except Exception:
+        return np.nan
+
+
+def to_float32(vals: np.ndarray, table: Table, col: str, where: Callable[[int], str]) -> np.ndarray:
+    """Cast one column's float64 values to float32; inf, or a value too large for float32, is an error."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        v32 = vals.astype(np.float32)
+    inf = np.isinf(v32)
+    if inf.any():
+        k = int(np.flatnonzero(inf)[0])
+        raise DataError(
+            f"{table.name}: column {quote(col)} has an infinite or too large value at {where(k)} ({vals[k]:g}); "
+            f"replace it with a finite number (|x| < {FLOAT32_MAX:.1e})"
+        )
+    return v32
+
+
+def missing_error(table: Table, per_col: list[tuple[str, int, str]]) -> DataError:
+    col, count, at = per_col[0]
+    more = sum(c for _, c, _ in per_col[1:])
+    tail = f", and {more} more in other columns" if more else ""
+    return DataError(
+        f"{table.name}: column {quote(col)} has {plural(count, 'missing value')} (first at {at}{tail}); "
+        "fill them in, or pass --allow-missing to fill them with the training mean"
+    )
+
+
+def numeric_columns(
+    table: Table, cols: list[str], where: Callable[[int], str], allow_missing: bool, layout: str
+) -> tuple[np.ndarray, int, list[str]]:
+    """(rows, len(cols)) float32 for per-row numeric columns, the NaN count, and the columns with NaN."""
+    out = np.empty((len(table.df), len(cols)), dtype=np.float32)
+    missing: list[tuple[str, int, str]] = []
+    for j, col in enumerate(cols):
+        if table.is_list(col):
+            raise DataError(
+                f"{table.name}: column {quote(col)} holds lists, but the {layout} layout needs one number per cell; "
+                "use --layout list, or leave it out with --features"
+            )
+        vals, bad = parse_numbers(table.df[col])
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{table.name}: column {quote(col)} should hold numbers but {where(k)} has "
+                f"{quote(table.df[col].iloc[k])}; fix that value or leave the column out with --features"
+            )
+        out[:, j] = to_float32(vals, table, col, where)
+        nan = np.isnan(vals)
+        if nan.any():
+            missing.append((col, int(nan.sum()), where(int(np.flatnonzero(nan)[0]))))
+    if missing and not allow_missing:
+        raise missing_error(table, missing)
+    return out, sum(c for _, c, _ in missing), [c for c, _, _ in missing]
+
+
+def python_values(s: pd.Series) -> np.ndarray:
+    """An object array of plain Python values (str, int, float, ...)."""
+    out = np.empty(len(s), dtype=object)
+    out[:] = s.tolist()
+    return out
+
+
+def object_array(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out

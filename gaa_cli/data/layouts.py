@@ -1,0 +1,156 @@
+"""Layout builders: a `Table` and its `Schema` -> a padded (N, T, C) float32 array, lengths and ids.
+
+- wide: one row per sample, one numeric column per time step (C = 1).
+- long: one row per time step; an id column names the sequence, an optional
+  time column orders its steps, one numeric column per channel.
+- list: one row per sample; each channel is a Parquet list column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import DataError
+
+from .cells import to_float32, missing_error, numeric_columns, object_array
+from .keys import factorize, read_ids, time_key, labels_per_group
+from .messages import quote, first_line
+from .read import Table, is_list_type
+from .schema import Schema
+
+__all__ = ["build_wide", "build_long", "csv_has_no_lists", "build_list"]
+
+
+def build_wide(table: Table, s: Schema, allow_missing: bool):
+    ids = read_ids(table, s.id_col) if s.id_col is not None and s.id_col in table.df.columns else None
+    if ids is not None:
+        where = lambda k: f"{table.row(k)} (id {quote(ids[k])})"  # noqa: E731
+    else:
+        where = table.row
+    vals, nmissing, nan_cols = numeric_columns(table, s.features, where, allow_missing, "wide")
+    x = vals[:, :, None]  # (N, T, 1)
+    lengths = np.full(len(vals), vals.shape[1], dtype=np.int64)
+    return x, lengths, ids, nmissing, nan_cols
+
+
+def build_long(table: Table, s: Schema, allow_missing: bool, row_labels: np.ndarray | None, label: str | None):
+    name = table.name
+    row_ids = read_ids(table, s.id_col)
+    codes, uniques = factorize(row_ids, table, "id", s.id_col)  # codes in order of first appearance
+    n_ids = len(uniques)
+    n = len(codes)
+    if s.time_col is not None:
+        tkey = time_key(table, s.time_col)
+        order = np.lexsort((tkey, codes))  # by id, then time; stable
+        sc, st = codes[order], tkey[order]
+        dup = np.flatnonzero((sc[1:] == sc[:-1]) & (st[1:] == st[:-1]))
+        if len(dup):
+            a, b = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
+            raise DataError(
+                f"{name}: id {quote(row_ids[a])} has two rows for time {quote(table.df[s.time_col].iloc[a])} "
+                f"({table.row(a)} and {table.row(b)}); each (id, time) pair must appear once"
+            )
+    else:
+        run_starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1])
+        if len(run_starts) != n_ids:
+            again = pd.Series(codes[run_starts]).duplicated().to_numpy()
+            k = int(run_starts[np.argmax(again)])
+            prev = int(np.flatnonzero(codes[:k] == codes[k])[-1])
+            raise DataError(
+                f"{name}: no time column, and the rows of id {quote(row_ids[k])} are not together "
+                f"({table.row(prev)}, then again at {table.row(k)}), so the order of its steps is unclear; "
+                "pass --time-col NAME to order them"
+            )
+        order = np.arange(n)
+    lengths = np.bincount(codes, minlength=n_ids).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    first_row = np.unique(codes, return_index=True)[1]
+    ids = object_array(list(uniques))  # factorize of an object array keeps the Python values
+
+    where = lambda k: f"{table.row(k)} (id {quote(row_ids[k])})"  # noqa: E731
+    vals, nmissing, nan_cols = numeric_columns(table, s.features, where, allow_missing, "long")
+    sc = codes[order]
+    pos = np.arange(n) - starts[sc]
+    x = np.zeros((n_ids, int(lengths.max()), len(s.features)), dtype=np.float32)  # (N, T, C)
+    x[sc, pos] = vals[order]
+    labels = None
+    if row_labels is not None:
+        labels = labels_per_group(table, label, row_labels, codes, order, starts, first_row, ids)
+    return x, lengths, ids, nmissing, nan_cols, labels
+
+
+def csv_has_no_lists(name: str) -> DataError:
+    return DataError(
+        f"{name}: the list layout needs Parquet list columns (one list of numbers per row per channel), "
+        "which a CSV file cannot hold; use --layout wide or --layout long"
+    )
+
+
+def build_list(table: Table, s: Schema, allow_missing: bool):
+    name = table.name
+    ids = read_ids(table, s.id_col) if s.id_col is not None and s.id_col in table.df.columns else None
+
+    def where(k: int) -> str:
+        return f"{table.row(k)} (id {quote(ids[k])})" if ids is not None else table.row(k)
+
+    if table.arrow is None:
+        raise csv_has_no_lists(name)
+    n = len(table.df)
+    lens = np.zeros((n, len(s.features)), dtype=np.int64)
+    flat: list[np.ndarray] = []
+    for j, col in enumerate(s.features):
+        t = table.arrow.schema.field(col).type
+        if not is_list_type(t):
+            ex = table.df[col].iloc[0]
+            raise DataError(
+                f"{name}: column {quote(col)} holds single values ({t}, row 1: {quote(ex)}), not lists; the list layout "
+                "needs a list of numbers per row in each channel column (or use --layout wide / long)"
+            )
+        vt = t.value_type
+        if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_boolean(vt) or pa.types.is_decimal(vt)):
+            raise DataError(f"{name}: column {quote(col)} holds lists of {vt}; channel lists must hold numbers")
+        arr = table.arrow.column(col).combine_chunks()
+        nulls = arr.is_null().to_numpy(zero_copy_only=False)
+        if nulls.any():
+            k = int(np.flatnonzero(nulls)[0])
+            raise DataError(
+                f"{name}: column {quote(col)} has no list at {where(k)}; every row needs a list in each channel column"
+            )
+        lens[:, j] = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        try:
+            v = pc.fill_null(pc.cast(arr.flatten(), pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        except Exception as e:
+            raise DataError(f"{name}: column {quote(col)} has values that are not numbers ({first_line(e)})") from None
+        flat.append(v)
+    uneven = np.flatnonzero((lens != lens[:, :1]).any(axis=1))
+    if len(uneven):
+        k = int(uneven[0])
+        j = int(np.flatnonzero(lens[k] != lens[k, 0])[0])
+        raise DataError(
+            f"{name}: at {where(k)} the channels have different lengths ({quote(s.features[0])}: {lens[k, 0]}, "
+            f"{quote(s.features[j])}: {lens[k, j]}); within a row every channel must have the same length"
+        )
+    lengths = lens[:, 0].copy()
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):
+        k = int(empty[0])
+        raise DataError(
+            f"{name}: {where(k)} has empty lists (a sequence of length 0); every sequence needs at least one step, "
+            "so remove that row"
+        )
+    rows = np.repeat(np.arange(n), lengths)
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    x = np.zeros((n, int(lengths.max()), len(s.features)), dtype=np.float32)  # (N, T, C)
+    missing: list[tuple[str, int, str]] = []
+    for j, col in enumerate(s.features):
+        step_where = lambda k: f"{where(int(rows[k]))}, step {int(pos[k]) + 1}"  # noqa: E731
+        x[rows, pos, j] = to_float32(flat[j], table, col, step_where)
+        nan = np.isnan(flat[j])
+        if nan.any():
+            missing.append((col, int(nan.sum()), step_where(int(np.flatnonzero(nan)[0]))))
+    if missing and not allow_missing:
+        raise missing_error(table, missing)
+    return x, lengths, ids, sum(c for _, c, _ in missing), [c for c, _, _ in missing]

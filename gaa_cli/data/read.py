@@ -1,0 +1,382 @@
+"""Reading files: CSV, gzipped CSV, Parquet and folders of Parquet files, into a `Table`.
+
+Everything about the file as bytes lives here: extensions, encodings, separators, ragged rows,
+unnamed and duplicate columns, folders whose files disagree.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DataError
+
+from .cells import missing_mask
+from .messages import quote, quoted_names, first_line, plural
+
+__all__ = ["SUPPORTED", "SNIFF_BYTES", "Table", "is_list_type", "read_table", "read_file"]
+
+
+SUPPORTED = ".csv, .csv.gz, .parquet or a folder of .parquet files"
+SNIFF_BYTES = 1 << 16
+
+
+@dataclass
+class Table:
+    """A file's contents plus what is needed to point the user at a row."""
+
+    df: pd.DataFrame  # columns are str, index is 0..n-1
+    arrow: pa.Table | None  # the same columns for Parquet input (list columns are read from here)
+    name: str  # the path as the user gave it
+    parts: list[tuple[str, int]]  # folder input: (file name, rows) in reading order
+    notes: list[str]  # things done while reading (columns dropped, ...)
+
+    def row(self, i: int) -> str:
+        """The user-facing position of 0-based data row `i`."""
+        if len(self.parts) > 1:
+            for part, n in self.parts:
+                if i < n:
+                    return f"row {i + 1} of {part}"
+                i -= n
+        return f"row {i + 1}"
+
+    def rows(self, idx: np.ndarray, limit: int = 5) -> str:
+        shown = ", ".join(self.row(int(i)).removeprefix("row ") for i in idx[:limit])
+        more = ", …" if len(idx) > limit else ""
+        return ("row " if len(idx) == 1 else "rows ") + shown + more
+
+    def is_list(self, col: str) -> bool:
+        return self.arrow is not None and is_list_type(self.arrow.schema.field(col).type)
+
+
+def is_list_type(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, gzipped CSV, Parquet file or folder of Parquet files into a DataFrame.
+
+    Column names become strings; Parquet list columns stay lists (numpy arrays).
+    A CSV's saved pandas index (a first column with no name) and empty unnamed
+    columns (trailing commas) are dropped.
+
+    Args:
+        path: a `.csv`, `.csv.gz` or `.parquet` file, or a folder of `.parquet`
+            files read in sorted file-name order and concatenated.
+
+    Raises:
+        DataError: the file is missing, empty, unreadable or not what its name says.
+    """
+    return read_file(path).df
+
+
+def read_file(path: str | Path) -> Table:
+    name = str(path)
+    p = Path(path)
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{name}: cannot look up this path ({first_line(e)}); check the path") from None
+    if not exists:
+        raise DataError(f"{name}: no such file or folder; check the path")
+    if is_dir:
+        return _read_parquet_folder(p, name)
+    low = p.name.lower()
+    if low.endswith(".csv.gz"):
+        kind = "csv.gz"
+    elif low.endswith(".csv"):
+        kind = "csv"
+    elif low.endswith(".parquet"):
+        kind = "parquet"
+    else:
+        found = f"{p.suffix!r}" if p.suffix else "no extension"
+        raise DataError(f"{name}: unsupported file type ({found}); use {SUPPORTED}")
+    _check_not_empty(p, name)
+    if kind == "parquet":
+        return _table_from_arrow(_read_parquet_file(p, name), name, [])
+    return _read_csv(p, name, gz=kind == "csv.gz")
+
+
+def _check_not_empty(p: Path, name: str) -> None:
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise DataError(f"{name}: cannot be read ({first_line(e)}); check the file's permissions") from None
+    if size == 0:
+        raise DataError(f"{name}: the file is empty (0 bytes); check it was written completely")
+
+
+def _open_bytes(p: Path, gz: bool):
+    return gzip.open(p, "rb") if gz else open(p, "rb")
+
+
+def _read_csv(p: Path, name: str, gz: bool) -> Table:
+    try:
+        with _open_bytes(p, gz) as f:
+            head = f.read(SNIFF_BYTES)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        what = "not a readable gzip file" if gz else "cannot be read"
+        raise DataError(f"{name}: {what} ({first_line(e)}); check the file is complete") from None
+    except Exception as e:  # zlib.error and the like
+        raise DataError(f"{name}: not a readable gzip file ({first_line(e)}); check the file is complete") from None
+    if not head.strip():
+        raise DataError(f"{name}: holds no data (only blank lines); it needs a header row and data rows")
+    if b"\x00" in head:
+        raise DataError(f"{name}: not a text CSV file (it contains binary NUL bytes){_binary_hint(head)}")
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
+    except UnicodeDecodeError:
+        raise DataError(f"{name}: not UTF-8 text ({_bad_utf8(p, gz)}){_binary_hint(head, '; save it as UTF-8')}") from None
+    first = text.lstrip("\r\n").partition("\n")[0]
+    if "," not in first and (";" in first or "\t" in first):  # checked before parsing: decimal commas would make the rows look ragged
+        how = ("';' (decimal commas?)", " with '.' as the decimal mark") if ";" in first else ("tabs", "")
+        raise DataError(f"{name}: looks separated by {how[0]}, not commas; save it as comma-separated CSV{how[1]}")
+    try:
+        header = [h for h in next(csv.reader(io.StringIO(text)), []) if h]  # pandas names blanks "Unnamed: N"
+    except csv.Error:
+        header = []
+    dup = pd.Index(header)[pd.Index(header).duplicated()].unique().tolist()
+    if dup:  # pandas would silently rename the second one to "a.1"
+        raise DataError(f"{name}: column names repeat in the header ({quoted_names(dup)}); give every column its own name")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            df = pd.read_csv(
+                p,
+                sep=",",
+                encoding="utf-8",
+                index_col=False,
+                keep_default_na=False,  # only blank cells are empty: "NA" or "None" may be a class name
+                na_values=[""],
+                low_memory=False,
+                compression="gzip" if gz else None,
+            )
+        except UnicodeDecodeError:
+            raise DataError(f"{name}: not UTF-8 text ({_bad_utf8(p, gz)}); save the file as UTF-8") from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{name}: holds no data (no header row); it needs a header row and data rows") from None
+        except pd.errors.ParserError as e:
+            raise _ragged(p, name, gz, e, nonempty_only=False) from None
+        except (EOFError, OSError) as e:  # gzip data cut short, read errors
+            raise DataError(f"{name}: cannot be read to the end ({first_line(e)}); check the file is complete") from None
+        except Exception as e:
+            raise DataError(
+                f"{name}: not a readable CSV file ({first_line(e)}); check it is comma-separated UTF-8 text"
+            ) from None
+    if any("does not match length of data" in str(w.message) for w in caught):
+        # pandas dropped fields beyond the header; fail if any of them held a value
+        err = _ragged(p, name, gz, None, nonempty_only=True)
+        if err is not None:
+            raise err
+
+    df.columns = [str(c) for c in df.columns]
+    df = df.reset_index(drop=True)
+    if len(df) == 0:
+        raise DataError(f"{name}: has a header ({plural(len(df.columns), 'column')}) but no data rows; add rows")
+    df, notes = _drop_unnamed(df, name)
+    _check_unique_names(list(df.columns), name)
+    return Table(df, None, name, [], notes)
+
+
+def _binary_hint(head: bytes, otherwise: str = "; check it is a comma-separated text file") -> str:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "; it looks like UTF-16 text: save it as UTF-8"
+    if head.startswith(b"PAR1"):
+        return "; it looks like Parquet: name it .parquet"
+    if head.startswith(b"\x1f\x8b"):
+        return "; it looks gzip-compressed: name it .csv.gz"
+    if head.startswith(b"PK"):
+        return "; it looks like a ZIP or Excel file: export it as CSV"
+    return otherwise
+
+
+def _bad_utf8(p: Path, gz: bool) -> str:
+    """Where the first undecodable byte is (error path only: a plain loop is fine)."""
+    try:
+        with _open_bytes(p, gz) as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return f"byte 0x{line[e.start]:02x} on line {lineno} is not valid UTF-8"
+    except Exception:
+        pass
+    return "it has bytes that are not valid UTF-8"
+
+
+def _ragged(p: Path, name: str, gz: bool, exc: Exception | None, nonempty_only: bool) -> DataError | None:
+    """The error for the first row with more fields than the header (error path: a plain loop)."""
+    try:
+        with _open_bytes(p, gz) as raw:
+            text = (line.decode("utf-8", errors="replace") for line in raw)
+            reader = csv.reader(text)
+            header = next(reader, [])
+            n = len(header)
+            row = 0
+            for rec in reader:
+                if not rec:
+                    continue  # pandas skips blank lines, so they do not count as rows
+                row += 1
+                extra = rec[n:]
+                if len(rec) > n and (not nonempty_only or any(f.strip() for f in extra)):
+                    return DataError(
+                        f"{name}: row {row} has {len(rec)} fields but the header names {n} columns; "
+                        "remove the extra fields (a trailing comma?) or add names to the header"
+                    )
+    except Exception:
+        pass
+    if exc is None:
+        return None
+    m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if m:
+        return DataError(
+            f"{name}: line {m.group(2)} has {m.group(3)} fields but the header names {m.group(1)} columns; "
+            "make every row have as many fields as the header"
+        )
+    return DataError(f"{name}: not a readable CSV file ({first_line(exc)}); check it is comma-separated UTF-8 text")
+
+
+_UNNAMED = re.compile(r"^Unnamed: \d+(\.\d+)?$")
+
+
+def _drop_unnamed(df: pd.DataFrame, name: str) -> tuple[pd.DataFrame, list[str]]:
+    """Drop a saved pandas index and empty unnamed columns; other unnamed columns are an error."""
+    notes, index, empty = [], [], []
+    for pos, col in enumerate(df.columns):
+        if not _UNNAMED.match(col):
+            continue
+        s = df[col]
+        if pos == 0 and pd.api.types.is_integer_dtype(s.dtype) and s.is_unique and s.is_monotonic_increasing:
+            index.append(col)
+            notes.append(f"{name}: ignored the first column: it has no name and holds increasing integers (a saved row index)")
+        elif missing_mask(s).all():
+            empty.append(col)
+        else:
+            i = int(np.flatnonzero(~missing_mask(s))[0])
+            raise DataError(
+                f"{name}: column {pos + 1} has no name in the header but holds values "
+                f"(row {i + 1}: {quote(s.iloc[i])}); give it a name in the header or remove it"
+            )
+    if empty:
+        where = ", ".join(str(df.columns.get_loc(c) + 1) for c in empty)
+        notes.append(
+            f"{name}: ignored empty {'column' if len(empty) == 1 else 'columns'} {where} with no name in the header "
+            "(a trailing comma?)"
+        )
+    drop = index + empty
+    return (df.drop(columns=drop) if drop else df), notes
+
+
+def _check_unique_names(cols: list[str], name: str) -> None:
+    seen = pd.Index(cols)
+    if not seen.is_unique:
+        dup = seen[seen.duplicated()].unique().tolist()
+        raise DataError(f"{name}: column names repeat ({quoted_names(dup)}); give every column its own name")
+
+
+def _read_parquet_file(p: Path, name: str) -> pa.Table:
+    try:
+        with open(p, "rb") as fh:
+            return pq.ParquetFile(fh).read()
+    except Exception as e:
+        raise DataError(
+            f"{name}: not a readable Parquet file ({first_line(e)}); "
+            f"check the file is complete and really Parquet{_text_hint(p)}"
+        ) from None
+
+
+def _text_hint(p: Path) -> str:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+        head.decode("utf-8")
+    except Exception:
+        return ""
+    return " (it looks like text: if it is CSV, name it .csv)" if b"," in head else ""
+
+
+_INDEX_COL = re.compile(r"^__index_level_\d+__$")
+
+
+def _clean_arrow(t: pa.Table) -> pa.Table:
+    """Drop pandas index columns and metadata, so every file reads the same plain way."""
+    keep = [i for i, n in enumerate(t.column_names) if not _INDEX_COL.match(str(n))]
+    if len(keep) != t.num_columns:
+        t = t.select(keep)
+    return t.replace_schema_metadata(None)
+
+
+def _table_from_arrow(t: pa.Table, name: str, parts: list[tuple[str, int]]) -> Table:
+    t = _clean_arrow(t)
+    cols = [str(c) for c in t.column_names]
+    if not cols:
+        raise DataError(f"{name}: has no columns; check the file was written completely")
+    _check_unique_names(cols, name)
+    if t.num_rows == 0:
+        raise DataError(f"{name}: has columns ({quoted_names(cols)}) but no rows; add rows")
+    try:
+        df = t.to_pandas()
+    except Exception as e:
+        raise DataError(f"{name}: has column types this tool cannot read ({first_line(e)}); store numbers and strings") from None
+    df.columns = cols
+    df = df.reset_index(drop=True)
+    return Table(df, t.rename_columns(cols), name, parts, [])
+
+
+def _read_parquet_folder(p: Path, name: str) -> Table:
+    try:
+        files = sorted(
+            (f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(".parquet") and f.name[:1] not in "._"),
+            key=lambda f: f.name,
+        )
+    except OSError as e:
+        raise DataError(f"{name}: cannot list this folder ({first_line(e)}); check its permissions") from None
+    if not files:
+        raise DataError(
+            f"{name}: is a folder with no .parquet files in it (subfolders are not searched); use {SUPPORTED}"
+        )
+    tables, parts = [], []
+    for f in files:
+        shown = f"{name.rstrip('/')}/{f.name}"
+        _check_not_empty(f, shown)
+        t = _clean_arrow(_read_parquet_file(f, shown))
+        if tables and not t.schema.equals(tables[0].schema):
+            raise DataError(f"{shown}: {_schema_diff(tables[0].schema, t.schema, files[0].name)}; all files in the folder must share one schema")
+        tables.append(t)
+        parts.append((f.name, t.num_rows))
+    try:
+        table = pa.concat_tables(tables)
+    except Exception as e:
+        raise DataError(f"{name}: the files in this folder cannot be combined ({first_line(e)}); give them one schema") from None
+    return _table_from_arrow(table, name, parts)
+
+
+def _schema_diff(first: pa.Schema, other: pa.Schema, first_name: str) -> str:
+    a = {f.name: f.type for f in first}
+    b = {f.name: f.type for f in other}
+    bits = []
+    missing = [n for n in a if n not in b]
+    extra = [n for n in b if n not in a]
+    if missing:
+        bits.append(f"lacks {quoted_names(missing, 4)}")
+    if extra:
+        bits.append(f"has extra {quoted_names(extra, 4)}")
+    for n in a:
+        if n in b and a[n] != b[n]:
+            bits.append(f"column {quote(n)} is {b[n]} here but {a[n]} in {first_name}")
+            break
+    if not bits:
+        bits.append("has the same columns in a different order")
+    return f"columns differ from {first_name} (" + "; ".join(bits) + ")"

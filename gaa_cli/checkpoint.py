@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from .model import SequenceClassifier
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "BEST", "LAST", "SAVED", "Checkpoint", "save", "load", "resolve_path",
-    "build_model", "check_checkpoint", "check_resume_state", "reason", "optimizer_tensors", "param_groups", "optimizer_state",
+    "peek_meta", "build_model", "check_checkpoint", "check_resume_state", "reason", "optimizer_tensors", "param_groups", "optimizer_state",
 ]
 
 FORMAT = "gaa-checkpoint"
@@ -40,6 +41,7 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 REQUIRED = ("model_config", "train_config", "classes", "schema", "normalization", "lengths", "versions")
 SAVED = {"model": "model_config", "train": "train_config"}  # where a checkpoint keeps its configs
+MAX_HEADER = 100 << 20  # bytes of JSON header a checkpoint may have; gaa writes a few kilobytes
 
 
 @dataclass
@@ -68,6 +70,28 @@ def resolve_path(path: Path) -> Path:
     return path
 
 
+def _memory_bytes() -> int:
+    """This machine's physical memory (a large number where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 50
+
+
+def peek_meta(path: Path) -> dict | None:
+    """A checkpoint's metadata, from its header alone (the weights are not read); None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= MAX_HEADER:
+                return None
+            header = json.loads(f.read(n).decode("utf-8")).get("__metadata__") or {}
+        meta = json.loads(header["meta"])
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def _describe_foreign(head: bytes) -> str | None:
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive (torch.save format)"
@@ -80,6 +104,10 @@ def load(path: Path) -> Checkpoint:
     """Read and validate a checkpoint file (or a run directory's best checkpoint)."""
     path = resolve_path(path)
     try:
+        size, memory = path.stat().st_size, _memory_bytes()
+        if size > memory // 2:  # read whole, then copied into tensors: it could not fit
+            raise CheckpointError(f"{path}: is {size / 2**30:.1f} GiB, more than half this machine's memory ({memory / 2**30:.1f} GiB), "
+                                  "so it cannot be loaded here; use a checkpoint written by `gaa train`, or a machine with more memory")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found; pass a run directory or a .safetensors file written by `gaa train`") from None
@@ -91,6 +119,8 @@ def load(path: Path) -> Checkpoint:
     try:
         tensors = st_load(raw)
         header = _read_header(raw)
+    except MemoryError:
+        raise CheckpointError(f"{path}: its tensors do not fit in this machine's memory; it was not loaded") from None
     except (SafetensorError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not a readable gaa checkpoint (truncated or corrupted: {str(e)[:120]}); retrain or use another checkpoint") from None
     if header.get("format") != FORMAT:
@@ -112,13 +142,21 @@ def load(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint metadata lacks {', '.join(missing)}; the file is corrupted or from another tool")
     classes = meta["classes"]
     scalars = isinstance(classes, list) and all(isinstance(c, (str, int, float)) for c in classes)
-    if not scalars or len(classes) < 2 or len(set(map(repr, classes))) != len(classes):
+    if scalars:  # labels are text; checkpoints of gaa 0.2 may hold numbers, spelled here as the reader spells them
+        classes = meta["classes"] = [c if isinstance(c, str) else _as_text(c) for c in classes]
+    if not scalars or len(classes) < 2 or len(set(classes)) != len(classes):
         raise CheckpointError(f"{path}: checkpoint class list is invalid ({str(classes)[:80]}); the file is corrupted")
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
     if not model:
         raise CheckpointError(f"{path}: checkpoint holds no model weights; the file is corrupted")
     return Checkpoint(meta=meta, model=model, state=state)
+
+
+def _as_text(value: int | float | bool) -> str:
+    import pyarrow as pa  # the reader's one way of spelling a number as text (data/read.py)
+
+    return pa.array([value]).cast(pa.string())[0].as_py()
 
 
 def _read_header(raw: bytes) -> dict[str, str]:

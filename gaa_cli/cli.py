@@ -19,8 +19,9 @@ from typing import Annotated, Any, Iterator, Optional, get_args, get_type_hints
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text  # user-supplied strings (labels, paths) as plain text, never as Rich markup
 
-from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GaaError, Interrupted, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_TERMINATED, GaaError, Interrupted, Terminated
 
 
 def _click_classes(name: str) -> tuple[type, ...]:
@@ -59,6 +60,12 @@ class Layout(str, Enum):
     list = "list"
 
 
+class Fill(str, Enum):
+    mean = "mean"
+    interpolate = "interpolate"
+    ffill = "ffill"
+
+
 class Format(str, Enum):
     csv = "csv"
     jsonl = "jsonl"
@@ -66,6 +73,8 @@ class Format(str, Enum):
 
 
 def _say(kind: str, message: str) -> None:
+    # one line, whatever the message holds: a newline in a file name must not split it
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     sys.stderr.write(f"gaa: {kind}: {message}\n")
     sys.stderr.flush()
 
@@ -78,14 +87,18 @@ def _reported() -> Iterator[None]:
     except _EXITS:
         raise
     except Interrupted as e:
-        _say("interrupted", f"saved a resumable checkpoint at {e.path}; continue with: gaa train --resume {e.path.parent}")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        _say("interrupted", f"stopped by {e.by}: saved a resumable checkpoint at {e.path}; continue with: gaa train --resume {e.path.parent}")
+        raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         _say("interrupted", "stopped by Ctrl-C")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Terminated:
+        _say("interrupted", "stopped by SIGTERM")
+        raise typer.Exit(EXIT_TERMINATED) from None
     except GaaError as e:
         if _state["debug"]:
             raise
+        _notes(e.notes)
         _say("error", e.message)
         raise typer.Exit(e.exit_code) from None
     except Exception as e:  # a bug or an environment failure: still one line, unless --debug
@@ -95,9 +108,15 @@ def _reported() -> Iterator[None]:
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
-def _notes(notes: list[str]) -> None:
+def _notes(notes: list[str], kind: str = "note") -> None:
     for n in notes:
-        _say("note", n)
+        _say(kind, n)
+
+
+def _provenance(loaded: Any) -> None:
+    """Which checkpoint a command uses, and a warning when it is not the best of a finished run."""
+    _notes(loaded.notes)
+    _notes(loaded.warnings, "warning")
 
 
 def _version(value: bool) -> None:
@@ -120,6 +139,18 @@ def _root(
 # --- gaa train -------------------------------------------------------------------------------------
 
 DataArg = Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file, or a folder of Parquet files.", show_default=False)]
+AllowMissing = Annotated[bool, typer.Option("--allow-missing", help="Fill missing values (with the training mean, or as --fill says) instead of refusing the file.", rich_help_panel="Data")]
+FillOption = Annotated[Optional[Fill], typer.Option("--fill", help="How to fill missing values; implies --allow-missing. mean: the training mean; interpolate: a straight line between the nearest values; ffill: the last value before the gap.", rich_help_panel="Data", show_default=False)]
+SkipEmpty = Annotated[bool, typer.Option("--skip-empty-rows", help="Leave out rows with no values at all (a null list, or a wide row of empty cells) instead of refusing the file; predict writes them with empty prediction fields.", rich_help_panel="Data")]
+
+
+def _read_options(layout: Optional[Layout], id_col: Optional[str], time_col: Optional[str], features: Optional[str],
+                  allow_missing: bool, fill: Optional[Fill], skip_empty: bool, label: Optional[str] = None) -> Any:
+    from .data import ReadOptions  # pandas and pyarrow load here, not for --help
+
+    return ReadOptions(layout=layout.value if layout else "auto", label=label, id_col=id_col, time_col=time_col,
+                       features=_features(features), allow_missing=allow_missing or fill is not None,
+                       fill=fill.value if fill else "mean", skip_empty=skip_empty)
 
 
 def _features(value: Optional[str]) -> Optional[list[str]]:
@@ -170,7 +201,9 @@ def train(
     id_col: Annotated[Optional[str], typer.Option(help="Sequence id column (long and list layouts).", rich_help_panel="Data")] = None,
     time_col: Annotated[Optional[str], typer.Option(help="Ordering column (long layout).", rich_help_panel="Data")] = None,
     features: Annotated[Optional[str], typer.Option(help="Comma-separated columns to use \\[default: every numeric column that is not label, id or time].", rich_help_panel="Data")] = None,
-    allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean instead of refusing the file.", rich_help_panel="Data")] = False,
+    allow_missing: AllowMissing = False,
+    fill: FillOption = None,
+    skip_empty_rows: SkipEmpty = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory \\[default: a new folder under runs/].", rich_help_panel="Run")] = None,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty run directory, replacing its checkpoints.", rich_help_panel="Run")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.", rich_help_panel="Run")] = None,
@@ -185,13 +218,13 @@ def train(
 
         request = TrainRequest(
             data=data, val=val, out=out_dir, force=force, resume=resume, config=config,
-            layout=layout.value, label=label, id_col=id_col, time_col=time_col, features=_features(features),
-            allow_missing=allow_missing, model_options=options_of(ModelConfig, options), train_options=options_of(TrainConfig, options),
+            read=_read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows, label=label),
+            model_options=options_of(ModelConfig, options), train_options=options_of(TrainConfig, options),
         )
         result = run_training(request, console=err, show_progress=not quiet, notes=_notes)
         table = Table(title="gaa train", show_header=False, title_justify="left")
-        table.add_row("run directory", str(result.run_dir))
-        table.add_row("best checkpoint", str(result.best_path))
+        table.add_row("run directory", Text(str(result.run_dir)))
+        table.add_row("best checkpoint", Text(str(result.best_path)))
         table.add_row("best epoch", f"{result.best_epoch} of {result.epochs_run}")
         for k in ("val_acc", "val_loss", "train_loss"):
             if k in result.metrics:
@@ -210,11 +243,7 @@ LayoutOverride = Annotated[Optional[Layout], typer.Option("--layout", help="Read
 IdOverride = Annotated[Optional[str], typer.Option("--id-col", help="Id column, if it differs from the training data's.", rich_help_panel="Data")]
 TimeOverride = Annotated[Optional[str], typer.Option("--time-col", help="Ordering column, if it differs from the training data's.", rich_help_panel="Data")]
 FeaturesOverride = Annotated[Optional[str], typer.Option("--features", help="Comma-separated columns to read in place of the training data's feature columns, in the same order.", rich_help_panel="Data")]
-
-
-def _overrides(layout: Optional[Layout], id_col: Optional[str], time_col: Optional[str], features: Optional[str], **more: Optional[str]) -> dict:
-    values = {"layout": layout.value if layout and layout is not Layout.auto else None, "id_col": id_col, "time_col": time_col, "features": _features(features), **more}
-    return {k: v for k, v in values.items() if v is not None}
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 
 
 @app.command(epilog="Examples:\n\n  gaa evaluate runs/first sample_data/gestures_test.parquet\n\n  gaa evaluate runs/first/best.safetensors test.csv --json > metrics.json")
@@ -223,8 +252,10 @@ def evaluate(
     data: DataArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")] = False,
     allow_unseen_labels: Annotated[bool, typer.Option(help="Count labels the model never saw as wrong instead of refusing the file.")] = False,
-    allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    allow_missing: AllowMissing = False,
+    fill: FillOption = None,
+    skip_empty_rows: SkipEmpty = False,
+    device: DeviceOption = "auto",
     label: Annotated[Optional[str], typer.Option(help="Label column, if it differs from the training data's.", rich_help_panel="Data")] = None,
     layout: LayoutOverride = None,
     id_col: IdOverride = None,
@@ -237,7 +268,9 @@ def evaluate(
         from .inference import load_model
 
         loaded = load_model(checkpoint, device)
-        report, notes = run_evaluate(loaded, data, allow_unseen=allow_unseen_labels, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, features, label=label))
+        _provenance(loaded)
+        opts = _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows, label=label)
+        report, notes = run_evaluate(loaded, data, opts, allow_unseen=allow_unseen_labels)
         _notes(notes)
         if as_json:  # strict JSON: an undefined metric (no known labels) is null, not NaN
             out.file.write(json.dumps(_finite_or_null(report), allow_nan=False) + "\n")
@@ -256,17 +289,19 @@ def _finite_or_null(value):
 
 
 def _print_report(r: dict) -> None:
-    summary = Table(title=f"{r['data']} ({r['n_samples']} samples)", show_header=False, title_justify="left")
+    summary = Table(title=Text(f"{r['data']} ({r['n_samples']} samples)"), show_header=False, title_justify="left")
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss"):
         summary.add_row(k.replace("_", " "), f"{r[k]:.4f}")
     out.print(summary)
     per = Table("label", "precision", "recall", "f1", "support", title="per class", title_justify="left")
     for row in r["per_class"]:
-        per.add_row(str(row["label"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+        per.add_row(Text(str(row["label"])), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     out.print(per)
-    cm = Table("true \\ predicted", *map(str, r["labels"]), title="confusion matrix", title_justify="left")
+    cm = Table("true \\ predicted", title="confusion matrix", title_justify="left")
+    for lab in r["labels"]:
+        cm.add_column(Text(str(lab)))
     for lab, row in zip(r["labels"], r["confusion_matrix"]):
-        cm.add_row(str(lab), *map(str, row))
+        cm.add_row(Text(str(lab)), *map(str, row))
     out.print(cm)
 
 
@@ -280,8 +315,10 @@ def predict(
     fmt: Annotated[Format, typer.Option("--format", help="Output format; parquet needs --output.")] = Format.csv,
     output: Annotated[Optional[Path], typer.Option(help="Write here instead of stdout.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite --output if it exists.")] = False,
-    allow_missing: Annotated[bool, typer.Option(help="Fill missing values with the training mean.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    allow_missing: AllowMissing = False,
+    fill: FillOption = None,
+    skip_empty_rows: SkipEmpty = False,
+    device: DeviceOption = "auto",
     layout: LayoutOverride = None,
     id_col: IdOverride = None,
     time_col: TimeOverride = None,
@@ -291,16 +328,12 @@ def predict(
     with _reported():
         from .inference import load_model
         from .inference import predict as run_predict
-        from .runs import write_predictions
+        from .runs import check_output, write_predictions
 
-        if fmt is Format.parquet and output is None:
-            raise UsageError("--format parquet writes binary data; pass --output FILE.parquet")
-        if output is not None and output.is_dir():
-            raise UsageError(f"{output}: is a folder; give --output a file name, e.g. {output / ('predictions.' + fmt.value)}")
-        if output is not None and output.exists() and not force:
-            raise UsageError(f"{output}: already exists; pass --force to overwrite it or choose another --output")
+        check_output(fmt.value, output, force)
         loaded = load_model(checkpoint, device)
-        frame, notes = run_predict(loaded, data, allow_missing=allow_missing, overrides=_overrides(layout, id_col, time_col, features))
+        _provenance(loaded)
+        frame, notes = run_predict(loaded, data, _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows))
         _notes(notes)
         write_predictions(frame, fmt.value, output, sys.stdout)
 
@@ -338,6 +371,9 @@ def main() -> None:
     except _ABORTS:
         _say("interrupted", "stopped by Ctrl-C")
         sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        _say("interrupted", "stopped by SIGTERM")
+        sys.exit(EXIT_TERMINATED)
     except _EXITS as e:
         sys.exit(e.exit_code)
     except _CLICK_ERRORS as e:

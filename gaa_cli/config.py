@@ -27,6 +27,7 @@ __all__ = ["AXES", "ModelConfig", "TrainConfig", "DataShape", "option", "options
 AXES = ("time", "features", "both")
 MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
 TARGET_STEPS = 1000  # optimiser steps of a default run
+DEFAULT_WIDTH = 64  # channels of the convolutional stem
 RIDGE_FEATURES = 10_000  # random-convolution features of a default run (see random_features.py)
 
 
@@ -87,7 +88,7 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
     model = dataclasses.replace(model)
     train = dataclasses.replace(train)
     if model.width is None:
-        model.width = 64
+        model.width = DEFAULT_WIDTH
     if model.stride is None:
         model.stride = max(1, math.ceil(shape.length / MAX_STEPS))
     if model.ridge_features is None:
@@ -138,6 +139,11 @@ def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | Non
             raise bad(name, v, f"an integer from {lo} to {hi}")
     if model.gaa_axes not in AXES:
         raise bad("gaa_axes", model.gaa_axes, "time, features or both")
+    width = model.width if model.width is not None else DEFAULT_WIDTH
+    if model.gaa_layers and model.gaa_heads > width:
+        raise bad("gaa_heads", model.gaa_heads, f"at most the stem's width ({width}): each head takes a group of its channels")
+    if model.gaa_layers and model.gaa_axes != "features" and width % model.gaa_heads:
+        raise bad("gaa_heads", model.gaa_heads, f"a divisor of the stem's width ({width}): over time, each head takes an equal group of its channels")
     if not 0 <= train.seed <= 2**63 - 1:  # what both numpy and torch accept
         raise bad("seed", train.seed, f"an integer from 0 to {2**63 - 1}")
     device = train.device.strip().lower()

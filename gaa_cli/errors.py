@@ -16,16 +16,19 @@ __all__ = [
     "CheckpointError",
     "TrainingError",
     "Interrupted",
+    "Terminated",
     "EXIT_OK",
     "EXIT_RUNTIME",
     "EXIT_USAGE",
     "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
 ]
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1  # a failure while running: diverged training, device failure, I/O error
 EXIT_USAGE = 2  # bad usage or bad input: the user can fix the command or the file
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2
+EXIT_TERMINATED = 143  # SIGTERM, as sent by `timeout`, job schedulers and container stops: 128 + 15
 
 
 class GaaError(Exception):
@@ -33,9 +36,10 @@ class GaaError(Exception):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, notes: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.notes = list(notes or [])  # printed before the error: what was decided on the way (e.g. the layout)
 
     def __str__(self) -> str:
         return self.message
@@ -60,8 +64,14 @@ class TrainingError(GaaError):
 
 
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C after saving a resumable checkpoint at `path` (exit EXIT_INTERRUPTED)."""
+    """Training stopped by Ctrl-C or SIGTERM after saving a resumable checkpoint at `path`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, terminated: bool = False) -> None:
         super().__init__(str(path))
         self.path = path
+        self.exit_code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        self.by = "SIGTERM" if terminated else "Ctrl-C"
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop: stop at once, like Ctrl-C (a BaseException, as KeyboardInterrupt is)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +10,17 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt_io
-from .data import Schema, SequenceData, load
+from .data import ReadOptions, Schema, SequenceData, load
 from .device import resolve_device
-from .errors import DataError
+from .errors import CheckpointError, DataError
+from .files import holder
 from .metrics import classification_report
 from .model import MIN_LENGTH, SequenceClassifier
 from .tensors import encode_labels, predict_proba, to_tensors
 
-__all__ = ["Loaded", "load_model", "evaluate", "predict"]
+__all__ = ["ROW_ID", "Loaded", "load_model", "evaluate", "predict"]
+
+ROW_ID = "series_id"  # the id column of outputs for data without one: each sample's 0-based position in the file
 
 
 @dataclass
@@ -27,6 +30,28 @@ class Loaded:
     schema: Schema
     path: Path
     device: torch.device
+    notes: list[str] = field(default_factory=list)  # which checkpoint this is
+    warnings: list[str] = field(default_factory=list)  # ... when it is not the best of a finished run
+
+
+def _provenance(path: Path, meta: dict) -> tuple[list[str], list[str]]:
+    """(notes, warnings) saying which checkpoint `path` is: the best of a finished run, or something less.
+    Refuses one that holds no trained model (a run stopped before its first epoch ended)."""
+    run_dir = path.parent
+    last = ckpt_io.peek_meta(run_dir / ckpt_io.LAST) if path.name in (ckpt_io.BEST, ckpt_io.LAST) else None
+    loop = ((last or {}).get("resume") or {}).get("loop") or {}
+    epochs, done = meta.get("train_config", {}).get("epochs"), loop.get("epoch")
+    busy = holder(run_dir)
+    resume = f"it is still being trained{busy}" if busy is not None else f"continue it with: gaa train --resume {run_dir}"
+    kind, epoch = meta.get("kind"), meta.get("epoch")
+    if kind == "last" and epoch == 0:
+        raise CheckpointError(f"{path}: holds no trained model yet: its run stopped before the first epoch ended; {resume}")
+    if last is None or loop.get("finished"):  # a finished run, or a file on its own
+        what = "best" if kind == "best" else "final"
+        return [f"using {path}: the {what} model of {'its finished run' if last else 'its run'} (epoch {epoch} of {epochs})"], []
+    so_far = f"{done} of {epochs} epochs done" if isinstance(done, int) else "unfinished"
+    what = f"the best model so far (epoch {epoch})" if kind == "best" else f"the model as of epoch {epoch} (no best checkpoint yet)"
+    return [], [f"using {path}: {what} of an unfinished run ({so_far}); {resume}"]
 
 
 def load_model(path: Path, device: str = "auto") -> Loaded:
@@ -34,26 +59,33 @@ def load_model(path: Path, device: str = "auto") -> Loaded:
     ck = ckpt_io.load(path)
     path = ckpt_io.resolve_path(path)
     cfg, schema = ckpt_io.check_checkpoint(ck, path)
+    notes, warnings = _provenance(path, ck.meta)
     dev = resolve_device(device)
     model = ckpt_io.build_model(cfg, schema, len(ck.meta["classes"]))
     model.load_state_dict(ck.model, strict=True)
-    return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev)
+    return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev, notes, warnings)
 
 
-def _read(loaded: Loaded, data_path: Path, need_labels: bool, allow_missing: bool, overrides: dict) -> SequenceData:
-    kwargs = {k: v for k, v in overrides.items() if v is not None}
+def _read(loaded: Loaded, data_path: Path, need_labels: bool, opts: ReadOptions) -> SequenceData:
     # load() refuses a wide file without every time-step column of the schema, so T always matches
-    return load(data_path, schema=loaded.schema, need_labels=need_labels, allow_missing=allow_missing, min_length=MIN_LENGTH, **kwargs)
+    return load(data_path, schema=loaded.schema, **opts.roles(), need_labels=need_labels, allow_missing=opts.allow_missing,
+                min_length=MIN_LENGTH, skip_empty=opts.skip_empty)
 
 
-def _probs(loaded: Loaded, data: SequenceData) -> np.ndarray:
-    t = to_tensors(data, loaded.meta["normalization"], None)
-    return predict_proba(loaded.model, t, loaded.device)
+def _probs(loaded: Loaded, data: SequenceData, opts: ReadOptions) -> np.ndarray:
+    """(N, K) probabilities; rows left out by --skip-empty-rows (length 0) get NaN, which outputs write as empty."""
+    kept = data.lengths > 0
+    probs = np.full((len(kept), len(loaded.meta["classes"])), np.nan, dtype=np.float32)
+    if kept.any():
+        probs[kept] = predict_proba(loaded.model, to_tensors(data.subset(kept), loaded.meta["normalization"], None, opts.fill), loaded.device)
+    return probs
 
 
-def evaluate(loaded: Loaded, data_path: Path, *, allow_unseen: bool = False, allow_missing: bool = False, overrides: dict | None = None) -> tuple[dict, list[str]]:
+def evaluate(loaded: Loaded, data_path: Path, opts: ReadOptions | None = None, *, allow_unseen: bool = False) -> tuple[dict, list[str]]:
     """Metrics of the checkpoint on a labelled file; returns (report, notes for stderr)."""
-    data = _read(loaded, data_path, True, allow_missing, overrides or {})
+    opts = opts or ReadOptions()
+    data = _read(loaded, data_path, True, opts)
+    data = data.subset(data.lengths > 0)  # rows skipped by --skip-empty-rows have nothing to score
     classes = loaded.meta["classes"]
     y = encode_labels(data.labels, classes)
     notes = list(data.notes)
@@ -64,21 +96,26 @@ def evaluate(loaded: Loaded, data_path: Path, *, allow_unseen: bool = False, all
         if not allow_unseen:
             raise DataError(f"{data_path}: {what}; the model knows {', '.join(map(repr, classes[:10]))}. Pass --allow-unseen-labels to count them as wrong")
         notes.append(f"{data_path}: {what}; counted as wrong and left out of the log loss and confusion matrix")
-    report = classification_report(y, _probs(loaded, data), classes)
+    report = classification_report(y, _probs(loaded, data, opts), classes)
     report["checkpoint"] = str(loaded.path)
     report["data"] = str(data_path)
     return report, notes
 
 
-def predict(loaded: Loaded, data_path: Path, *, allow_missing: bool = False, overrides: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """One row per sample, in input order: id (if any), prediction, prob_<label> per class."""
-    data = _read(loaded, data_path, False, allow_missing, overrides or {})
-    probs = _probs(loaded, data)
+def predict(loaded: Loaded, data_path: Path, opts: ReadOptions | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One row per sample, in input order: the id (or ROW_ID), prediction, prob_<label> per class.
+    A row left out by --skip-empty-rows keeps its place and id, with empty prediction fields."""
+    opts = opts or ReadOptions()
+    data = _read(loaded, data_path, False, opts)
+    probs = _probs(loaded, data, opts)
     classes = loaded.meta["classes"]
     cols: dict[str, object] = {}
     if data.ids is not None:
-        cols[loaded.schema.id_col or "id"] = data.ids
-    cols["prediction"] = np.array([classes[i] for i in probs.argmax(1)], dtype=object)
+        cols[data.schema.id_col] = data.ids
+    else:  # no id column: the row's 0-based position, so that every prediction can be joined back
+        cols[ROW_ID] = np.arange(len(probs))
+    kept = data.lengths > 0
+    cols["prediction"] = np.array([classes[i] if k else None for i, k in zip(probs.argmax(1) if len(probs) else [], kept)], dtype=object)
     for i, c in enumerate(classes):
         cols[f"prob_{c}"] = probs[:, i]
     return pd.DataFrame(cols), list(data.notes)

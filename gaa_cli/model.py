@@ -64,6 +64,25 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(2 * w, n_classes)
         self.ridge = RandomFeatureRidge(cfg.ridge_features, cfg.ridge_length or 1, channels, n_classes) if cfg.ridge_features else None
 
+    def attend(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The GaussianBlock's layers with their residuals: (B, T', W), valid (B, T', 1) -> (B, T', W).
+
+        Heads split the channels, never time: a layer over time sees each head's channel group along its own
+        T'-long block of the axis, (B, H*T', W/H), so every head attends over a whole sequence and its padded
+        steps are masked out. A prediction then never depends on how far a batch is padded.
+        """
+        b, t, w = h.shape
+        heads = self.cfg.gaa_heads
+        for layer in self.gaa.layers:
+            if layer.norm_axis == 1:  # over time
+                z = h.reshape(b, t, heads, w // heads).transpose(1, 2).reshape(b, heads * t, w // heads)  # (B, H*T', W/H)
+                out = layer(z, mask=valid.repeat(1, heads, 1))  # mask (B, H*T', 1)
+                out = out.reshape(b, heads, t, w // heads).transpose(1, 2).reshape(b, t, w)  # (B, T', W)
+            else:  # over the channels of each step; head h takes the h-th group of them
+                out = layer(h, mask=valid)
+            h = torch.where(valid, out + h, h)  # the block's residual; padded steps pass through
+        return h
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x: (B, T, C), mask: (B, T) bool
         mask = mask[:, :: self.cfg.stride]  # (B, T')
@@ -75,7 +94,7 @@ class SequenceClassifier(nn.Module):
         n = mask.sum(1, keepdim=True).clamp_min(1).to(h.dtype)  # (B, 1)
         mean = h.sum(1) / n  # (B, W); padded steps are 0
         if self.gaa is not None:
-            added = self.gaa(h, mask=mask[:, :, None]) - h  # (B, T', W), 0 at padded steps
+            added = self.attend(h, mask[:, :, None]) - h  # (B, T', W), 0 at padded steps
             att = added.sum(1) if self.cfg.gaa_axes != "features" else added.sum(1) / n  # (B, W)
         else:
             att = torch.zeros_like(mean)

@@ -13,15 +13,15 @@ import pandas as pd
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, load_toml, merge, validate
-from .data import Schema, SequenceData, load
+from .data import ReadOptions, Schema, SequenceData, load
 from .device import resolve_device
 from .errors import CheckpointError, DataError, UsageError
-from .files import atomic_write, atomic_write_text
+from .files import RunLock, atomic_write, atomic_write_text
 from .model import MIN_LENGTH
-from .tensors import fingerprint
+from .tensors import FILLS, check_channels, fingerprint
 from .train import TrainResult, fit
 
-__all__ = ["TrainRequest", "run_training", "write_predictions"]
+__all__ = ["TrainRequest", "run_training", "check_output", "write_predictions"]
 
 RUN_FILES = (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.toml")
 
@@ -34,12 +34,7 @@ class TrainRequest:
     force: bool = False
     resume: Path | None = None
     config: Path | None = None
-    layout: str = "auto"
-    label: str = "label"
-    id_col: str | None = None
-    time_col: str | None = None
-    features: list[str] | None = None
-    allow_missing: bool = False
+    read: ReadOptions = field(default_factory=ReadOptions)
     model_options: dict[str, Any] = field(default_factory=dict)  # None = not given
     train_options: dict[str, Any] = field(default_factory=dict)
 
@@ -54,14 +49,16 @@ def _new_run_dir(data: Path) -> Path:
     return path
 
 
-def _prepare_run_dir(path: Path, force: bool) -> None:
+def _prepare_run_dir(path: Path, force: bool) -> list[str]:
+    """Create or check the run directory; returns the names of a previous run's files that --force replaces.
+    They are left in place until the new run has written its first complete checkpoint (train.fit)."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path}: exists and is not a directory; choose another --out")
+    old = []
     if path.is_dir() and any(path.iterdir()):
         if not force:
             raise UsageError(f"{path}: run directory is not empty; pass --force to replace its checkpoints, choose another --out, or continue it with --resume {path}")
-        for name in RUN_FILES:
-            (path / name).unlink(missing_ok=True)
+        old = [name for name in RUN_FILES if (path / name).exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".gaa-write-test"
@@ -69,6 +66,7 @@ def _prepare_run_dir(path: Path, force: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise UsageError(f"{path}: cannot write the run directory ({e.strerror}); choose another --out") from None
+    return old
 
 
 def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Callable[[list[str]], None]) -> TrainResult:
@@ -83,19 +81,30 @@ def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Call
     train_cfg = merge(TrainConfig, file_train, req.train_options, "command line")
     validate(model_cfg, train_cfg)
     resolve_device(train_cfg.device)
-    data = load(req.data, layout=req.layout, label=req.label, id_col=req.id_col, time_col=req.time_col,
-                features=req.features, need_labels=True, allow_missing=req.allow_missing, min_classes=2, min_length=MIN_LENGTH)
+    opts = req.read
+    data = _loaded(load(req.data, **{"label": "label", **opts.roles()}, need_labels=True, allow_missing=opts.allow_missing,
+                        min_classes=2, min_length=MIN_LENGTH, skip_empty=opts.skip_empty))
     val = None
     if req.val is not None:
-        val = load(req.val, schema=data.schema, need_labels=True, allow_missing=req.allow_missing, min_length=MIN_LENGTH)
+        val = _loaded(load(req.val, schema=data.schema, need_labels=True, allow_missing=opts.allow_missing, min_length=MIN_LENGTH,
+                           skip_empty=opts.skip_empty))
         _check_val_labels(val, data, req.val, req.data)
+    check_channels(data)
     run_dir = req.out if req.out is not None else _new_run_dir(req.data)
-    _prepare_run_dir(run_dir, req.force)
-    notes(data.notes)
-    if val is not None:
-        notes(val.notes)
-    sources = {"data": str(req.data.resolve()), "val": str(req.val.resolve()) if req.val else "", "allow_missing": str(req.allow_missing)}
-    return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources)
+    replaced = _prepare_run_dir(run_dir, req.force)
+    with RunLock(run_dir):
+        notes(data.notes)
+        if val is not None:
+            notes(val.notes)
+        sources = {"data": str(req.data.resolve()), "val": str(req.val.resolve()) if req.val else "", "allow_missing": str(opts.allow_missing),
+                   "fill": opts.fill, "skip_empty": str(opts.skip_empty)}
+        return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources, fill=opts.fill,
+                   replaces=replaced)
+
+
+def _loaded(data: SequenceData) -> SequenceData:
+    """Training data without the rows --skip-empty-rows left out (they have length 0)."""
+    return data if data.lengths.all() else data.subset(data.lengths > 0)
 
 
 def _check_val_labels(val: SequenceData, data: SequenceData, val_path: Path, data_path: Path) -> None:
@@ -138,18 +147,33 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
     data_path = req.data or Path(sources.get("data", ""))
     if not str(data_path):
         raise UsageError(f"{last}: does not record its training data; pass it: gaa train DATA --resume {run_dir}")
-    allow_missing = sources.get("allow_missing") == "True"
-    data = load(data_path, schema=Schema.from_dict(ck.meta["schema"]), need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH)
-    val = load(Path(sources["val"]), schema=data.schema, need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH) if sources.get("val") else None
+    allow_missing, skip_empty = sources.get("allow_missing") == "True", sources.get("skip_empty") == "True"
+    fill = sources.get("fill", "mean")
+    if fill not in FILLS:
+        raise CheckpointError(f"{last}: checkpoint 'sources' names an unknown fill {fill!r}; the file is corrupted")
+    read = dict(need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH, skip_empty=skip_empty)
+    data = _loaded(load(data_path, schema=Schema.from_dict(ck.meta["schema"]), **read))
+    val = _loaded(load(Path(sources["val"]), schema=data.schema, **read)) if sources.get("val") else None
     if fingerprint(data) != ck.meta["resume"]["fingerprint"]:
         raise UsageError(f"{data_path}: differs from the data run {run_dir} was trained on; resume with the same file, or start a new run")
-    _remove_stale_temps(run_dir)
-    notes(data.notes)
-    if val is not None:
-        notes(val.notes)
-    loop = ck.meta["resume"]["loop"]
-    notes([f"resuming {run_dir} at epoch {loop['epoch'] + 1}, step {loop['step'] + 1}"])
-    return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources)
+    with RunLock(run_dir):
+        _remove_stale_temps(run_dir)
+        notes(data.notes)
+        if val is not None:
+            notes(val.notes)
+        loop = ck.meta["resume"]["loop"]
+        notes([f"resuming {run_dir} at epoch {loop['epoch'] + 1}, step {loop['step'] + 1}"])
+        return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources, fill=fill)
+
+
+def check_output(fmt: str, output: Path | None, force: bool) -> None:
+    """Refuse an output that cannot be written, or that exists and may not be replaced, before any work."""
+    if fmt == "parquet" and output is None:
+        raise UsageError("--format parquet writes binary data; pass --output FILE.parquet")
+    if output is not None and output.is_dir():
+        raise UsageError(f"{output}: is a folder; give --output a file name, e.g. {output / ('predictions.' + fmt)}")
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output}: already exists; pass --force to overwrite it or choose another --output")
 
 
 def write_predictions(frame: pd.DataFrame, fmt: str, output: Path | None, stdout: IO[str]) -> None:

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .data import SequenceData
+from .errors import DataError, TrainingError
 from .model import SequenceClassifier
 
-__all__ = ["Tensors", "plain", "class_list", "encode_labels", "fit_normalization", "to_tensors", "fingerprint", "predict_proba"]
+__all__ = ["FILLS", "CLIP", "Tensors", "plain", "class_list", "encode_labels", "check_channels", "fit_normalization", "fill_gaps", "to_tensors", "length_batches", "fingerprint", "predict_proba"]
 
 
 @dataclass
@@ -39,9 +40,15 @@ def plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def class_list(labels: np.ndarray) -> list:
-    """The distinct labels in a stable order: the order of a checkpoint's classes."""
-    return sorted({plain(v) for v in labels}, key=lambda v: (str(type(v)), v))
+def class_list(labels: np.ndarray) -> list[str]:
+    """The distinct labels (text) in the order of a checkpoint's classes: by number where every label reads as
+    one (`2` before `10`, and `01` beside `1` but apart from it), else alphabetically."""
+    classes = sorted({str(v) for v in labels})
+    try:
+        numbers = {c: float(c) for c in classes}
+    except ValueError:
+        return classes
+    return sorted(classes, key=lambda c: (numbers[c], c))
 
 
 def encode_labels(labels: np.ndarray, classes: list) -> np.ndarray:
@@ -50,8 +57,18 @@ def encode_labels(labels: np.ndarray, classes: list) -> np.ndarray:
     return np.array([index.get(repr(plain(v)), -1) for v in labels], dtype=np.int64)
 
 
+def check_channels(data: SequenceData) -> None:
+    """Refuse, by name, a channel without a single value (every cell missing, kept by --allow-missing):
+    nothing could be learned from it, and its statistics would be undefined."""
+    valid = np.arange(data.x.shape[1])[None, :] < data.lengths[:, None]  # (N, T)
+    empty = np.flatnonzero(np.isnan(data.x[valid]).all(axis=0))
+    if len(empty):
+        what = "every time-step column is" if data.schema.layout == "wide" else f"column {data.channel_names()[int(empty[0])]!r} has no values at all:"
+        raise DataError(f"{data.source}: {what} empty in every row; fill it in or leave it out with --features")
+
+
 def fit_normalization(data: SequenceData) -> dict[str, list[float]]:
-    """Per-channel mean and standard deviation over the real (non-padded, non-missing) steps."""
+    """Per-channel mean and standard deviation over the real (non-padded, non-missing) steps (see check_channels)."""
     valid = np.arange(data.x.shape[1])[None, :] < data.lengths[:, None]  # (N, T)
     values = data.x[valid].astype(np.float64)  # (steps, C); float64: the variance of large float32 values overflows
     mean = np.nanmean(values, axis=0)
@@ -60,16 +77,66 @@ def fit_normalization(data: SequenceData) -> dict[str, list[float]]:
     return {"mean": np.nan_to_num(mean).tolist(), "std": std.tolist()}
 
 
-def to_tensors(data: SequenceData, norm: dict[str, list[float]], classes: list | None) -> Tensors:
+FILLS = ("mean", "interpolate", "ffill")
+CLIP = 1e4  # normalised inputs are clipped to +-CLIP training standard deviations: far beyond any real signal,
+# and small enough that no layer can overflow float32, so a wild value (1e36) or a degenerate stored
+# normalisation never turns into NaN or infinite probabilities
+
+
+def fill_gaps(x: np.ndarray, lengths: np.ndarray, method: str) -> np.ndarray:
+    """Missing values (NaN) of (N, T, C) sequences filled along time, per sequence and channel.
+
+    `mean` leaves them for `to_tensors` (the training mean); `interpolate` draws a straight line between the
+    nearest values on either side and `ffill` repeats the last value before the gap: neither puts a spike
+    into a series. Gaps at a sequence's start take its first value (its last value at the end, for
+    `interpolate`); a channel with no value at all in a sequence keeps the training mean.
+    """
+    assert method in FILLS, method
+    if method == "mean" or not np.isnan(x).any():
+        return x
+    x = x.copy()
+    for i in np.flatnonzero(np.isnan(x).any(axis=(1, 2))):  # only the sequences with gaps
+        n = int(lengths[i])
+        for c in range(x.shape[2]):
+            v = x[i, :n, c]  # a view: filled in place
+            known = np.flatnonzero(~np.isnan(v))
+            if len(known) in (0, n):
+                continue
+            if method == "interpolate":
+                v[:] = np.interp(np.arange(n), known, v[known])
+            else:
+                last = np.maximum.accumulate(np.where(np.isnan(v), -1, np.arange(n)))  # index of the last value so far
+                v[:] = v[np.where(last < 0, known[0], last)]
+    return x
+
+
+def to_tensors(data: SequenceData, norm: dict[str, list[float]], classes: list | None, fill: str = "mean") -> Tensors:
     mean = np.asarray(norm["mean"], dtype=np.float64)
     std = np.asarray(norm["std"], dtype=np.float64)
-    x = (data.x - mean) / std  # (N, T, C), in float64 so that large values do not overflow
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = (fill_gaps(data.x, data.lengths, fill) - mean) / std  # (N, T, C), in float64 so that large values do not overflow
+        x = np.clip(x, -CLIP, CLIP)
     mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]  # (N, T)
-    x = np.where(mask[:, :, None] & np.isfinite(x), x, 0.0).astype(np.float32)  # missing -> the training mean
+    x = np.where(mask[:, :, None] & ~np.isnan(x), x, 0.0).astype(np.float32)  # missing -> the training mean
     y = None
     if classes is not None and data.labels is not None:
         y = torch.from_numpy(encode_labels(data.labels, classes))
     return Tensors(torch.from_numpy(x), torch.from_numpy(mask), y)
+
+
+def length_batches(lengths: torch.Tensor, batch_size: int, max_steps: int = 1 << 20) -> list[torch.Tensor]:
+    """Indices of sequences in batches of similar length: at most `batch_size` sequences, and at most about
+    `max_steps` padded steps, so that the cost of a batch follows its own sequences' lengths."""
+    order = torch.argsort(lengths, stable=True)
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        # the batch's padded size is (its count) x (its longest, the last one in length order)
+        while end < len(order) and end - start < batch_size and (end - start + 1) * int(lengths[order[end]]) <= max_steps:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 def fingerprint(data: SequenceData) -> str:
@@ -82,11 +149,20 @@ def fingerprint(data: SequenceData) -> str:
 
 @torch.no_grad()
 def predict_proba(model: SequenceClassifier, t: Tensors, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, K), in input order."""
+    """Class probabilities (N, K), in input order. Sequences are batched by length, each batch cut to its
+    longest: a prediction depends on its own sequence only, and costs what its length costs."""
     model.eval()
-    out = []
-    for i in range(0, len(t.x), batch_size):
-        x = t.x[i : i + batch_size].to(device)
-        m = t.mask[i : i + batch_size].to(device)
-        out.append(model.probabilities(x, m).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    lengths = t.mask.sum(1)
+    probs: torch.Tensor | None = None
+    for idx in length_batches(lengths, batch_size):
+        steps = max(1, int(lengths[idx].max()))
+        p = model.probabilities(t.x[idx, :steps].to(device), t.mask[idx, :steps].to(device)).float().cpu()
+        if probs is None:
+            probs = torch.empty(len(t.x), p.shape[1])
+        probs[idx] = p
+    if probs is None:
+        return np.zeros((0, 0), dtype=np.float32)
+    if not bool(torch.isfinite(probs).all()):
+        raise TrainingError("the model produced NaN or infinite probabilities; the checkpoint's weights or normalisation "
+                            "are broken: retrain the model, or report this with --debug")
+    return probs.numpy()

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -35,14 +36,14 @@ from . import checkpoint as ckpt_io
 from .config import DataShape, ModelConfig, TrainConfig, resolve, to_toml
 from .data import SequenceData
 from .device import resolve_device
-from .errors import Interrupted, TrainingError, UsageError
+from .errors import Interrupted, Terminated, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 from .progress import TrainProgress
 from .tensors import Tensors, class_list, fingerprint, fit_normalization, predict_proba, to_tensors
 
 REFRESH_SAMPLES = 512  # training samples that BatchNorm's statistics are re-estimated from (see refresh_batchnorm)
-SAVE_EVERY_S = 10.0  # the last checkpoint and metrics.jsonl are rewritten at most this often (and at the end)
+SAVE_EVERY_S = 10.0  # the last checkpoint and metrics.jsonl are rewritten at most this often (and at the end); $GAA_SAVE_EVERY_S
 
 __all__ = ["LoopState", "Prepared", "TrainResult", "prepare", "fit_ridge", "refresh_batchnorm", "Trainer", "fit"]
 
@@ -58,13 +59,16 @@ class LoopState:
     best_loss: float = math.inf
     bad_epochs: int = 0  # epochs since the last improvement
     history: list[dict] = field(default_factory=list)  # one metrics dict per finished epoch
+    finished: bool = False  # the run reached its last epoch or stopped early: nothing left to resume
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> LoopState:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        """From `to_dict`'s output; fields added since (`finished`) take their defaults."""
+        defaults = cls()
+        return cls(**{f.name: d.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -110,7 +114,8 @@ def _split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def prepare(
-    data: SequenceData, val_data: SequenceData | None, model_cfg: ModelConfig, train_cfg: TrainConfig, sources: dict[str, str]
+    data: SequenceData, val_data: SequenceData | None, model_cfg: ModelConfig, train_cfg: TrainConfig, sources: dict[str, str],
+    fill: str = "mean",
 ) -> Prepared:
     """Fit the normalisation, resolve the configs from the data's shape, and split off validation data."""
     assert data.lengths.min() >= MIN_LENGTH, "load() refuses sequences shorter than MIN_LENGTH"
@@ -120,11 +125,11 @@ def prepare(
     model_cfg, train_cfg = resolve(model_cfg, train_cfg, shape)
     device = resolve_device(train_cfg.device)
 
-    every = to_tensors(data, norm, classes)
+    every = to_tensors(data, norm, classes, fill)
     val = None
     train_idx = np.arange(len(every))
     if val_data is not None:
-        val = to_tensors(val_data, norm, classes)
+        val = to_tensors(val_data, norm, classes, fill)
     elif train_cfg.val_split > 0:
         train_idx, val_idx = _split(every.y.numpy(), train_cfg.val_split, train_cfg.seed)
         val = every.subset(val_idx) if len(val_idx) else None
@@ -221,28 +226,30 @@ def _validate(model: SequenceClassifier, val: Tensors, device: torch.device) -> 
 
 
 class _StopFlag:
-    """Set by the first Ctrl-C; the loop stops at the next step boundary. A second Ctrl-C stops at once."""
+    """Set by the first Ctrl-C or SIGTERM; the loop stops at the next step boundary. A second one stops at once."""
 
     def __init__(self) -> None:
         self.set = False
+        self.terminated = False  # by SIGTERM, not Ctrl-C
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.set:
-            raise KeyboardInterrupt
-        self.set = True
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        self.set, self.terminated = True, signum == signal.SIGTERM
 
 
 @contextlib.contextmanager
-def _stop_on_ctrl_c() -> Iterator[_StopFlag]:
+def _stop_on_signals() -> Iterator[_StopFlag]:
     flag = _StopFlag()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield flag
         return
-    previous = signal.signal(signal.SIGINT, flag)
+    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class Trainer:
@@ -348,13 +355,15 @@ class Trainer:
         else:
             loop.bad_epochs += 1
         done = epoch + 1 == cfg.epochs or (cfg.patience > 0 and loop.bad_epochs >= cfg.patience)
+        loop.finished = done
         if run.val is None and done:  # without validation the best model is the final one
             self.save_best(epoch + 1, metrics)
         return metrics, done
 
     def train(self, progress: TrainProgress, stop: _StopFlag) -> None:
-        """Epochs until the budget or patience runs out; Ctrl-C saves and raises Interrupted."""
+        """Epochs until the budget or patience runs out; Ctrl-C or SIGTERM saves and raises Interrupted."""
         epochs = self.run.train_cfg.epochs
+        save_every = float(os.environ.get("GAA_SAVE_EVERY_S") or SAVE_EVERY_S)
         saved_at = time.perf_counter()
         while self.loop.epoch < epochs:
             epoch = self.loop.epoch
@@ -367,12 +376,11 @@ class Trainer:
                 self.losses.append(self._step(epoch, step))
                 progress.step(epoch + 1, epochs, float(np.mean(self.losses)))
                 if stop.set:
-                    raise Interrupted(self.save_last(epoch, step + 1))
+                    raise Interrupted(self.save_last(epoch, step + 1), terminated=stop.terminated)
             metrics, done = self._end_epoch(epoch, t0)
-            if "val_acc" in metrics:
-                progress.validated(metrics["val_acc"])
+            progress.epoch_done(metrics.get("val_acc"), done)
             # short epochs would spend more time writing than training: save every few seconds
-            if done or time.perf_counter() - saved_at >= SAVE_EVERY_S:
+            if done or time.perf_counter() - saved_at >= save_every:
                 self.save_last(epoch + 1, 0)
                 saved_at = time.perf_counter()
             if done:
@@ -393,22 +401,30 @@ def fit(
     show_progress: bool = True,
     resume: ckpt_io.Checkpoint | None = None,
     sources: dict[str, str] | None = None,
+    fill: str = "mean",
+    replaces: list[str] = (),
 ) -> TrainResult:
-    """Train a classifier on `data` and write the run directory. See the module docstring."""
+    """Train a classifier on `data` and write the run directory. See the module docstring.
+
+    `replaces` names a previous run's files in `run_dir` (--force): they stay until this run has written its first
+    complete checkpoint, then those it did not rewrite are removed, so a run that fails before that point leaves
+    the old one whole."""
     started = time.perf_counter()
-    run = prepare(data, val_data, model_cfg, train_cfg, sources or {})
+    run = prepare(data, val_data, model_cfg, train_cfg, sources or {}, fill)
     torch.manual_seed(run.train_cfg.seed)
     model = SequenceClassifier(run.model_cfg, run.shape.channels, len(run.classes)).to(run.device)
     ridge = _saved_ridge(resume.meta) if resume is not None else fit_ridge(model, run, console, show_progress)
     trainer = Trainer(run, model, run_dir, ridge)
     if resume is not None:
         trainer.restore(resume)
-    atomic_write_text(run_dir / "config.toml", to_toml(run.model_cfg, run.train_cfg))
     if resume is None:
         trainer.save_last(0, 0)
+    atomic_write_text(run_dir / "config.toml", to_toml(run.model_cfg, run.train_cfg))
+    for name in set(replaces) - {ckpt_io.LAST, "metrics.jsonl", "config.toml"}:  # the old run's, now out of date
+        (run_dir / name).unlink(missing_ok=True)
     loop = trainer.loop
     done_steps = loop.epoch * trainer.steps_per_epoch + loop.step
-    with _stop_on_ctrl_c() as stop, TrainProgress(console, trainer.total_steps, done_steps, disable=not show_progress) as progress:
+    with _stop_on_signals() as stop, TrainProgress(console, trainer.total_steps, done_steps, disable=not show_progress) as progress:
         trainer.train(progress, stop)
     best = next(m for m in loop.history if m["epoch"] == loop.best_epoch)
     return TrainResult(run_dir, run_dir / ckpt_io.BEST, loop.best_epoch, len(loop.history), best, time.perf_counter() - started, ridge)

@@ -70,13 +70,15 @@ def gaa(*args: object) -> Result:
 
 
 def error_line(r: Result, code: int) -> str:
-    """The run failed with `code` and printed exactly one line, `gaa: error: ...`, and no traceback."""
+    """The run failed with `code` and printed exactly one error line, `gaa: error: ...`, last, and no traceback;
+    only notes (`gaa: note: ...`, what was decided on the way, such as the layout) may come before it."""
     assert r.code == code, f"exit {r.code}, expected {code}; stderr: {r.stderr!r}"
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {r.stderr!r}"
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("gaa: note: ")]
+    assert len(lines) == 1, f"expected one line on stderr besides notes, got {len(lines)}: {r.stderr!r}"
+    assert r.stderr.rstrip("\n").splitlines()[-1] == lines[0], "the error line comes last"
     assert lines[0].startswith("gaa: error: "), lines[0]
-    assert r.stderr.endswith("\n") and r.stderr.count("\n") == 1, repr(r.stderr)
+    assert r.stderr.endswith("\n") and r.stderr.count("\n") == len(r.stderr.splitlines()), repr(r.stderr)
     return lines[0]
 
 

@@ -86,7 +86,7 @@ def test_predict_rows_columns_and_reload(trained):
     pred = pd.read_csv(io.StringIO(r.stdout))
     table = read_table(trained["test"])
     classes = sorted(table["label"].unique())
-    expected_cols = ([trained["id"]] if trained["id"] else []) + ["prediction"] + [f"prob_{c}" for c in classes]
+    expected_cols = [trained["id"] or "series_id"] + ["prediction"] + [f"prob_{c}" for c in classes]  # series_id: the row number
     assert list(pred.columns) == expected_cols
     probs = pred[[f"prob_{c}" for c in classes]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -171,7 +171,7 @@ def test_help_does_not_load_torch():
 
 def test_config_file_and_cli_precedence(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[model]\ngaa_heads = 2\nwidth = 16\n[train]\nepochs = 3\nbatch_size = 16\n")
+    cfg.write_text("[model]\ngaa_heads = 2\nwidth = 16\nridge_features = 100\n[train]\nepochs = 3\nbatch_size = 16\n")
     run = tmp_path / "run"
     r = run_gaa("train", SAMPLES / "sensor_wide_train.csv", "--config", cfg, "--epochs", "2", "--out", run, "-q")
     assert r.returncode == 0, r.stderr
@@ -183,7 +183,7 @@ def test_config_file_and_cli_precedence(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "run2" / "config.toml").read_text() == saved
     # a non-empty run directory is refused without --force, and accepted with it
-    r = run_gaa("train", SAMPLES / "sensor_wide_train.csv", "--epochs", "1", "--out", run, "-q")
+    r = run_gaa("train", SAMPLES / "sensor_wide_train.csv", *TINY, "--out", run)
     assert r.returncode == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = run_gaa("train", SAMPLES / "sensor_wide_train.csv", "--epochs", "1", "--out", run, "-q", "--force")
+    r = run_gaa("train", SAMPLES / "sensor_wide_train.csv", *TINY, "--ridge-features", "0", "--out", run, "--force")
     assert r.returncode == 0, r.stderr

@@ -91,18 +91,21 @@ def test_wide_csv_numeric_headers_in_column_order(tmp_path):
     note(d, "w.csv", "wide")
 
 
-def test_wide_integer_labels_stay_python_ints_and_id_column_is_used(tmp_path):
+def test_wide_integer_labels_are_text_and_id_column_is_used(tmp_path):
     f = write(tmp_path / "w.csv", "id,x1,x2,label\nr1,1,2,0\nr2,3,4,1\nr3,5,6,1\n")
     d = load(f, min_classes=2)
     assert d.schema.id_col == "id" and d.schema.features == ["x1", "x2"]
     assert d.ids.tolist() == ["r1", "r2", "r3"]
-    assert d.labels.tolist() == [0, 1, 1] and all(type(v) is int for v in d.labels)
+    assert d.labels.tolist() == ["0", "1", "1"]  # labels are text, exactly as written
     note(d, "'id'", "--id-col")
 
 
-def test_wide_parquet_float_labels_that_are_whole_become_ints(tmp_path):
-    f = parquet(tmp_path / "w.parquet", {"a": [1.0, 2.0], "b": [3, 4], "label": [1.0, 2.0]})
-    assert load(f).labels.tolist() == [1, 2]
+def test_numeric_parquet_labels_and_ids_become_text_pyarrows_way(tmp_path):
+    f = parquet(tmp_path / "w.parquet", {"id": [7, 8], "a": [1.0, 2.0], "b": [3, 4], "label": [1.0, 2.5]})
+    d = load(f)
+    assert d.labels.tolist() == ["1", "2.5"] and d.ids.tolist() == ["7", "8"]
+    f = parquet(tmp_path / "b.parquet", {"a": [1.0, 2.0], "b": [3, 4], "label": [True, False]})
+    assert load(f).labels.tolist() == ["true", "false"]
 
 
 def test_long_matches_oracle_with_shuffled_rows_and_unequal_lengths(tmp_path):
@@ -129,7 +132,7 @@ def test_long_integer_ids_and_iso_dates_as_time(tmp_path):
         "sample_id,when,v,label\n7,2024-01-03,3,p\n7,2024-01-01,1,p\n5,2024-01-02,20,q\n7,2024-01-02,2,p\n5,2024-01-01,10,q\n",
     )
     d = load(f, time_col="when")
-    assert d.ids.tolist() == [7, 5] and all(type(i) is int for i in d.ids)
+    assert d.ids.tolist() == ["7", "5"]
     assert_padded(d, [np.array([[1], [2], [3]], np.float32), np.array([[10], [20]], np.float32)])
     assert d.labels.tolist() == ["p", "q"]
 
@@ -189,7 +192,7 @@ def test_explicit_overrides(tmp_path):
 def test_layout_can_be_forced_to_wide_despite_repeated_ids(tmp_path):
     f = write(tmp_path / "w.csv", "id,a,label\n1,1,x\n1,2,y\n")
     d = load(f, layout="wide")
-    assert d.x.shape == (2, 1, 1) and d.ids.tolist() == [1, 1]
+    assert d.x.shape == (2, 1, 1) and d.ids.tolist() == ["1", "1"]
     note(d, "repeats values")
 
 
@@ -318,7 +321,7 @@ def test_reading_with_a_saved_schema(tmp_path):
     note(d, "ignored 1 column", "not in the model's schema", "'note'")
     # predict: no labels needed; a label column present is ignored silently
     p = load(test, schema=train.schema, need_labels=False)
-    assert p.labels is None and p.ids.tolist() == [9]
+    assert p.labels is None and p.ids.tolist() == ["9"]
     assert not any("'label'" in n for n in p.notes)
     nolabel = write(tmp_path / "nolabel.csv", "id,t,a,b\n9,0,1,2\n")
     assert load(nolabel, schema=train.schema, need_labels=False).x.shape == (1, 1, 2)
@@ -691,7 +694,7 @@ def test_long_and_list_layouts_match_the_oracle(tmp_path, data):
     d = load(tmp_path / "long.csv", layout="long")
     seqs, labels, order = long_oracle(df, "id", "time", ["a", "b"], "label")
     assert_padded(d, seqs)
-    assert d.ids.tolist() == order and d.labels.tolist() == labels
+    assert d.ids.tolist() == [str(i) for i in order] and d.labels.tolist() == labels
     lists = pa.table(
         {
             "id": [str(i) for i in order],

@@ -142,8 +142,8 @@ def assert_clean_end(result, path: Path) -> None:
     assert "Traceback" not in output, output
     assert result.exit_code in (0, 2), f"exit {result.exit_code}: {result.stderr or result.exception!r}"
     if result.exit_code == 2:
-        lines = result.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("gaa: error: "), result.stderr
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("gaa: note: ")]  # notes may come first
+        assert len(lines) == 1 and lines[0].startswith("gaa: error: ") and result.stderr.rstrip().endswith(lines[0]), result.stderr
 
 
 TRAIN = [*TINY, "--device", "cpu", "--force"]

@@ -15,6 +15,6 @@ ids, time), `layouts` (tables to arrays), `roles` (which column is what),
 
 from .load import load
 from .read import read_table
-from .schema import LAYOUTS, Schema, SequenceData
+from .schema import LAYOUTS, ReadOptions, Schema, SequenceData
 
-__all__ = ["LAYOUTS", "Schema", "SequenceData", "read_table", "load"]
+__all__ = ["LAYOUTS", "ReadOptions", "Schema", "SequenceData", "read_table", "load"]

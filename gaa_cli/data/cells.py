@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import DataError
 
@@ -17,7 +19,7 @@ from .messages import quote, plural
 if TYPE_CHECKING:
     from .read import Table
 
-__all__ = ["NA_STRINGS", "NAME_NA_STRINGS", "FLOAT32_MAX", "missing_mask", "is_plain_numeric", "parse_numbers", "to_float32", "missing_error", "numeric_columns", "python_values", "object_array"]
+__all__ = ["NA_STRINGS", "NAME_NA_STRINGS", "FLOAT32_MAX", "missing_mask", "is_plain_numeric", "parse_numbers", "to_float32", "missing_error", "numeric_columns", "text_values", "object_array"]
 
 
 # Number cells holding these strings (any case, blanks around ignored) count as missing.
@@ -102,11 +104,12 @@ def missing_error(table: Table, per_col: list[tuple[str, int, str]]) -> DataErro
 
 
 def numeric_columns(
-    table: Table, cols: list[str], where: Callable[[int], str], allow_missing: bool, layout: str
-) -> tuple[np.ndarray, int, list[str]]:
-    """(rows, len(cols)) float32 for per-row numeric columns, the NaN count, and the columns with NaN."""
+    table: Table, cols: list[str], where: Callable[[int], str], allow_missing: bool, layout: str, skip_empty: bool = False
+) -> tuple[np.ndarray, int, list[str], np.ndarray]:
+    """(rows, len(cols)) float32 for per-row numeric columns, the NaN count, the columns with NaN, and the rows
+    with no value at all (skipped, not counted as missing, when `skip_empty`; else none)."""
     out = np.empty((len(table.df), len(cols)), dtype=np.float32)
-    missing: list[tuple[str, int, str]] = []
+    nans = np.zeros((len(table.df), len(cols)), dtype=bool)
     for j, col in enumerate(cols):
         if table.is_list(col):
             raise DataError(
@@ -121,19 +124,27 @@ def numeric_columns(
                 f"{quote(table.df[col].iloc[k])}; fix that value or leave the column out with --features"
             )
         out[:, j] = to_float32(vals, table, col, where)
-        nan = np.isnan(vals)
-        if nan.any():
-            missing.append((col, int(nan.sum()), where(int(np.flatnonzero(nan)[0]))))
+        nans[:, j] = np.isnan(vals)
+    empty = nans.all(axis=1) if skip_empty else np.zeros(len(out), dtype=bool)
+    missing = [
+        (col, int(nan.sum()), where(int(np.flatnonzero(nan)[0])))
+        for col, nan in zip(cols, (nans & ~empty[:, None]).T) if nan.any()
+    ]
     if missing and not allow_missing:
         raise missing_error(table, missing)
-    return out, sum(c for _, c, _ in missing), [c for c, _, _ in missing]
+    return out, sum(c for _, c, _ in missing), [c for c, _, _ in missing], empty
 
 
-def python_values(s: pd.Series) -> np.ndarray:
-    """An object array of plain Python values (str, int, float, ...)."""
-    out = np.empty(len(s), dtype=object)
-    out[:] = s.tolist()
-    return out
+def text_values(s: pd.Series) -> np.ndarray:
+    """An object array of the cells as text (labels and ids are names, kept as written).
+
+    Columns read as text stay exactly as they are; anything else (a column the reader did not know to read
+    as text) is cast with pyarrow, the same one way the reader casts Parquet columns: 1.0 -> '1', True -> 'true'.
+    """
+    values = s.tolist()
+    if not all(isinstance(v, str) for v in values):
+        values = pc.cast(pa.array(values, from_pandas=True), pa.string()).to_pylist()
+    return object_array(values)
 
 
 def object_array(values: list) -> np.ndarray:

@@ -11,7 +11,7 @@ import pandas as pd
 from ..errors import DataError
 
 
-from .cells import NAME_NA_STRINGS, missing_mask, parse_numbers, python_values
+from .cells import NAME_NA_STRINGS, missing_mask, parse_numbers, text_values
 from .messages import quote, plural
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ __all__ = ["read_labels", "factorize", "read_ids", "time_key", "labels_per_group
 
 
 def read_labels(table: Table, col: str) -> np.ndarray:
-    """The label of every row as Python values; empty labels are an error."""
+    """The label of every row as text, exactly as written; empty labels are an error."""
     name, s = table.name, table.df[col]
     if table.is_list(col):
         raise DataError(f"{name}: label column {quote(col)} holds lists; the label must be one class per row (check --label)")
@@ -34,11 +34,7 @@ def read_labels(table: Table, col: str) -> np.ndarray:
             f"{name}: label column {quote(col)} is empty in {plural(len(idx), 'row')} ({table.rows(idx)}); "
             "fill in the labels or remove those rows"
         )
-    if pd.api.types.is_float_dtype(s.dtype):
-        v = s.to_numpy(dtype=np.float64)
-        if np.isfinite(v).all() and np.all(np.mod(v, 1) == 0) and np.all(np.abs(v) < 2**53):
-            s = pd.Series(v.astype(np.int64))  # labels written as 1.0, 2.0 are the classes 1, 2
-    return python_values(s)
+    return text_values(s)
 
 
 def factorize(values: np.ndarray, table: Table, what: str, col: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +59,7 @@ def read_ids(table: Table, col: str) -> np.ndarray:
             f"{name}: id column {quote(col)} is empty in {plural(len(idx), 'row')} ({table.rows(idx)}); "
             "every row needs an id"
         )
-    return python_values(s)
+    return text_values(s)
 
 
 def time_key(table: Table, col: str) -> np.ndarray:

@@ -24,15 +24,16 @@ from .schema import Schema
 __all__ = ["build_wide", "build_long", "csv_has_no_lists", "build_list"]
 
 
-def build_wide(table: Table, s: Schema, allow_missing: bool):
+def build_wide(table: Table, s: Schema, allow_missing: bool, skip_empty: bool = False):
+    """A row with no value at all has length 0 when `skip_empty` (the caller skips it), else it is missing data."""
     ids = read_ids(table, s.id_col) if s.id_col is not None and s.id_col in table.df.columns else None
     if ids is not None:
         where = lambda k: f"{table.row(k)} (id {quote(ids[k])})"  # noqa: E731
     else:
         where = table.row
-    vals, nmissing, nan_cols = numeric_columns(table, s.features, where, allow_missing, "wide")
+    vals, nmissing, nan_cols, empty = numeric_columns(table, s.features, where, allow_missing, "wide", skip_empty)
     x = vals[:, :, None]  # (N, T, 1)
-    lengths = np.full(len(vals), vals.shape[1], dtype=np.int64)
+    lengths = np.where(empty, 0, vals.shape[1]).astype(np.int64)
     return x, lengths, ids, nmissing, nan_cols
 
 
@@ -71,7 +72,7 @@ def build_long(table: Table, s: Schema, allow_missing: bool, row_labels: np.ndar
     ids = object_array(list(uniques))  # factorize of an object array keeps the Python values
 
     where = lambda k: f"{table.row(k)} (id {quote(row_ids[k])})"  # noqa: E731
-    vals, nmissing, nan_cols = numeric_columns(table, s.features, where, allow_missing, "long")
+    vals, nmissing, nan_cols, _ = numeric_columns(table, s.features, where, allow_missing, "long")
     sc = codes[order]
     pos = np.arange(n) - starts[sc]
     x = np.zeros((n_ids, int(lengths.max()), len(s.features)), dtype=np.float32)  # (N, T, C)
@@ -89,7 +90,8 @@ def csv_has_no_lists(name: str) -> DataError:
     )
 
 
-def build_list(table: Table, s: Schema, allow_missing: bool):
+def build_list(table: Table, s: Schema, allow_missing: bool, skip_empty: bool = False):
+    """A row with no list (a null cell) or empty lists has length 0 when `skip_empty` (the caller skips it)."""
     name = table.name
     ids = read_ids(table, s.id_col) if s.id_col is not None and s.id_col in table.df.columns else None
 
@@ -100,6 +102,7 @@ def build_list(table: Table, s: Schema, allow_missing: bool):
         raise csv_has_no_lists(name)
     n = len(table.df)
     lens = np.zeros((n, len(s.features)), dtype=np.int64)
+    no_list = np.zeros(n, dtype=bool)
     flat: list[np.ndarray] = []
     for j, col in enumerate(s.features):
         t = table.arrow.schema.field(col).type
@@ -114,17 +117,22 @@ def build_list(table: Table, s: Schema, allow_missing: bool):
             raise DataError(f"{name}: column {quote(col)} holds lists of {vt}; channel lists must hold numbers")
         arr = table.arrow.column(col).combine_chunks()
         nulls = arr.is_null().to_numpy(zero_copy_only=False)
-        if nulls.any():
+        no_list |= nulls
+        if nulls.any() and not skip_empty:
             k = int(np.flatnonzero(nulls)[0])
             raise DataError(
-                f"{name}: column {quote(col)} has no list at {where(k)}; every row needs a list in each channel column"
+                f"{name}: column {quote(col)} has no list at {where(k)}; every row needs a list in each channel column, "
+                "or pass --skip-empty-rows to leave such rows out"
             )
-        lens[:, j] = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        lens[:, j] = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
         try:
             v = pc.fill_null(pc.cast(arr.flatten(), pa.float64()), np.nan).to_numpy(zero_copy_only=False)
         except Exception as e:
             raise DataError(f"{name}: column {quote(col)} has values that are not numbers ({first_line(e)})") from None
         flat.append(v)
+    values_per_row = lens.copy()  # how the flat values split into rows
+    if skip_empty:  # a row without a list in some channel is empty as a whole
+        lens[no_list | (lens == 0).any(axis=1)] = 0
     uneven = np.flatnonzero((lens != lens[:, :1]).any(axis=1))
     if len(uneven):
         k = int(uneven[0])
@@ -135,17 +143,18 @@ def build_list(table: Table, s: Schema, allow_missing: bool):
         )
     lengths = lens[:, 0].copy()
     empty = np.flatnonzero(lengths == 0)
-    if len(empty):
+    if len(empty) and not skip_empty:
         k = int(empty[0])
         raise DataError(
             f"{name}: {where(k)} has empty lists (a sequence of length 0); every sequence needs at least one step, "
-            "so remove that row"
+            "so remove that row or pass --skip-empty-rows"
         )
     rows = np.repeat(np.arange(n), lengths)
     pos = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    x = np.zeros((n, int(lengths.max()), len(s.features)), dtype=np.float32)  # (N, T, C)
+    x = np.zeros((n, max(1, int(lengths.max())), len(s.features)), dtype=np.float32)  # (N, T, C)
     missing: list[tuple[str, int, str]] = []
     for j, col in enumerate(s.features):
+        flat[j] = flat[j][np.repeat(lengths > 0, values_per_row[:, j])]  # the values of the rows kept
         step_where = lambda k: f"{where(int(rows[k]))}, step {int(pos[k]) + 1}"  # noqa: E731
         x[rows, pos, j] = to_float32(flat[j], table, col, step_where)
         nan = np.isnan(flat[j])

@@ -12,12 +12,14 @@ import gzip
 import io
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError
@@ -81,7 +83,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return read_file(path).df
 
 
-def read_file(path: str | Path) -> Table:
+def read_file(path: str | Path, is_text: Callable[[str], bool] = lambda col: False) -> Table:
+    """Read `path` into a `Table`; the columns for which `is_text(name)` is true are read as text, exactly as
+    written (a CSV's `01` stays `01`; a numeric or boolean Parquet column is cast with pyarrow: 1.0 -> `1`,
+    True -> `true`)."""
     name = str(path)
     p = Path(path)
     try:
@@ -91,7 +96,7 @@ def read_file(path: str | Path) -> Table:
     if not exists:
         raise DataError(f"{name}: no such file or folder; check the path")
     if is_dir:
-        return _read_parquet_folder(p, name)
+        return _read_parquet_folder(p, name, is_text)
     low = p.name.lower()
     if low.endswith(".csv.gz"):
         kind = "csv.gz"
@@ -104,8 +109,8 @@ def read_file(path: str | Path) -> Table:
         raise DataError(f"{name}: unsupported file type ({found}); use {SUPPORTED}")
     _check_not_empty(p, name)
     if kind == "parquet":
-        return _table_from_arrow(_read_parquet_file(p, name), name, [])
-    return _read_csv(p, name, gz=kind == "csv.gz")
+        return _table_from_arrow(_read_parquet_file(p, name), name, [], is_text)
+    return _read_csv(p, name, gz=kind == "csv.gz", is_text=is_text)
 
 
 def _check_not_empty(p: Path, name: str) -> None:
@@ -121,7 +126,7 @@ def _open_bytes(p: Path, gz: bool):
     return gzip.open(p, "rb") if gz else open(p, "rb")
 
 
-def _read_csv(p: Path, name: str, gz: bool) -> Table:
+def _read_csv(p: Path, name: str, gz: bool, is_text: Callable[[str], bool]) -> Table:
     try:
         with _open_bytes(p, gz) as f:
             head = f.read(SNIFF_BYTES)
@@ -162,6 +167,7 @@ def _read_csv(p: Path, name: str, gz: bool) -> Table:
                 na_values=[""],
                 low_memory=False,
                 compression="gzip" if gz else None,
+                dtype={h: str for h in header if is_text(h)},
             )
         except UnicodeDecodeError:
             raise DataError(f"{name}: not UTF-8 text ({_bad_utf8(p, gz)}); save the file as UTF-8") from None
@@ -318,8 +324,20 @@ def _clean_arrow(t: pa.Table) -> pa.Table:
     return t.replace_schema_metadata(None)
 
 
-def _table_from_arrow(t: pa.Table, name: str, parts: list[tuple[str, int]]) -> Table:
-    t = _clean_arrow(t)
+def _as_text(t: pa.Table, is_text: Callable[[str], bool]) -> pa.Table:
+    """The text columns of `t` cast to strings, pyarrow's way (the one documented way: 1.0 -> '1', True -> 'true')."""
+    for i, f in enumerate(t.schema):
+        plain = not (is_list_type(f.type) or pa.types.is_struct(f.type) or pa.types.is_map(f.type))
+        if is_text(str(f.name)) and plain and not pa.types.is_string(f.type):
+            try:
+                t = t.set_column(i, f.name, pc.cast(t.column(i), pa.string()))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # left as it is; the column's own checks say what is wrong with it
+    return t
+
+
+def _table_from_arrow(t: pa.Table, name: str, parts: list[tuple[str, int]], is_text: Callable[[str], bool]) -> Table:
+    t = _as_text(_clean_arrow(t), is_text)
     cols = [str(c) for c in t.column_names]
     if not cols:
         raise DataError(f"{name}: has no columns; check the file was written completely")
@@ -335,7 +353,7 @@ def _table_from_arrow(t: pa.Table, name: str, parts: list[tuple[str, int]]) -> T
     return Table(df, t.rename_columns(cols), name, parts, [])
 
 
-def _read_parquet_folder(p: Path, name: str) -> Table:
+def _read_parquet_folder(p: Path, name: str, is_text: Callable[[str], bool]) -> Table:
     try:
         files = sorted(
             (f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(".parquet") and f.name[:1] not in "._"),
@@ -360,7 +378,7 @@ def _read_parquet_folder(p: Path, name: str) -> Table:
         table = pa.concat_tables(tables)
     except Exception as e:
         raise DataError(f"{name}: the files in this folder cannot be combined ({first_line(e)}); give them one schema") from None
-    return _table_from_arrow(table, name, parts)
+    return _table_from_arrow(table, name, parts, is_text)
 
 
 def _schema_diff(first: pa.Schema, other: pa.Schema, first_name: str) -> str:

@@ -35,6 +35,10 @@ def find_by_name(cols: list[str], candidates: tuple[str, ...], exclude: set) -> 
 def _missing_label_error(table: Table, label: str) -> DataError:
     cols = list(table.df.columns)
     guess = [c for c in cols if c.strip().lower() in {label.lower(), "label", "labels", "class", "target", "y", "category"}]
+    if not guess:  # the lone column of text, if there is one, is most likely the label
+        ids = {c for c in cols if c.strip().lower() in ID_NAMES + TIME_NAMES}
+        guess = [c for c in cols if c not in ids and not table.is_list(c) and not _is_numberish(table.df[c])]
+        guess = guess if len(guess) == 1 else []
     hint = f" (perhaps --label {guess[0]}?)" if guess else ""
     return DataError(
         f"{table.name}: no label column {quote(label)}; the file has columns {quoted_names(cols)}; "

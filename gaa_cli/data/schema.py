@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LAYOUTS", "Schema", "SequenceData"]
+__all__ = ["LAYOUTS", "Schema", "SequenceData", "ReadOptions"]
 
 
 LAYOUTS = ("wide", "long", "list")
@@ -68,3 +68,35 @@ class SequenceData:
     schema: Schema  # how the file was read
     notes: list[str] = field(default_factory=list)  # messages for the user's stderr
     missing: int = 0  # NaN values kept in x (only with allow_missing=True)
+    source: str = ""  # the file, as the user named it
+
+    def subset(self, keep: np.ndarray) -> SequenceData:
+        """The sequences at the indices (or boolean mask) `keep`, in that order."""
+        pick = lambda a: None if a is None else a[keep]  # noqa: E731
+        return SequenceData(self.x[keep], self.lengths[keep], pick(self.labels), pick(self.ids), self.schema,
+                            self.notes, self.missing, self.source)
+
+    def channel_names(self) -> list[str]:
+        """The input column(s) behind each channel of x: a wide file's one channel spans all its columns."""
+        return [", ".join(self.schema.features)] if self.schema.layout == "wide" else list(self.schema.features)
+
+
+@dataclass
+class ReadOptions:
+    """How a command reads a data file: column roles (None = found by name, or the model's saved schema) and
+    what to do with gaps. The CLI's data options, once."""
+
+    layout: str = "auto"
+    label: str | None = None  # training: "label" when None
+    id_col: str | None = None
+    time_col: str | None = None
+    features: list[str] | None = None
+    allow_missing: bool = False  # keep missing values (filled, see `fill`) instead of refusing the file
+    fill: str = "mean"  # how gaps are filled: mean (the training mean), interpolate or ffill (see tensors.fill_gaps)
+    skip_empty: bool = False  # rows with no values at all are left out (predict: written with empty fields)
+
+    def roles(self) -> dict:
+        """The column-role keyword arguments of `load` that were given."""
+        given = {"layout": None if self.layout == "auto" else self.layout, "label": self.label, "id_col": self.id_col,
+                 "time_col": self.time_col, "features": self.features}
+        return {k: v for k, v in given.items() if v is not None}

@@ -220,6 +220,7 @@ def _check_weights(ck: Checkpoint, cfg: ModelConfig, schema: Schema, n_classes: 
     """The weights are exactly the tensors the model built from the metadata has: names, shapes, dtypes, finite."""
     with torch.device("meta"):  # shapes only: nothing is allocated, whatever the metadata says
         expected = build_model(cfg, schema, n_classes).state_dict()
+    ck.model.setdefault("blend", torch.tensor(0.5))  # gaa 0.2 averaged the two halves 50/50
     head = ck.model.get("head.weight")
     if head is not None and head.ndim == 2 and head.shape[0] != n_classes:
         raise ValueError(f"the metadata lists {n_classes} classes but the classification head has {head.shape[0]} outputs")

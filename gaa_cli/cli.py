@@ -9,6 +9,7 @@ import inspect
 import json
 import math
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import fields
@@ -50,7 +51,7 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)  # results
 err = Console(stderr=True, soft_wrap=True, highlight=False)  # progress and notes
-_state = {"debug": False}
+_state = {"debug": False, "started": time.monotonic()}  # a --time-limit counts from the command's start
 
 
 class Layout(str, Enum):
@@ -219,18 +220,24 @@ def train(
         request = TrainRequest(
             data=data, val=val, out=out_dir, force=force, resume=resume, config=config,
             read=_read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows, label=label),
-            model_options=options_of(ModelConfig, options), train_options=options_of(TrainConfig, options),
+            model_options=options_of(ModelConfig, options), train_options=options_of(TrainConfig, options), started=_state["started"],
         )
         result = run_training(request, console=err, show_progress=not quiet, notes=_notes)
         table = Table(title="gaa train", show_header=False, title_justify="left")
         table.add_row("run directory", Text(str(result.run_dir)))
         table.add_row("best checkpoint", Text(str(result.best_path)))
-        table.add_row("best epoch", f"{result.best_epoch} of {result.epochs_run}")
+        best = f"{result.best_epoch} of {result.epochs_run}" if result.best_epoch else "the ridge half alone (no epoch of the network validated better)"
+        table.add_row("best epoch", best)
         for k in ("val_acc", "val_loss", "train_loss"):
             if k in result.metrics:
                 table.add_row(k.replace("_", " "), f"{result.metrics[k]:.4f}")
+        if "blend" in result.metrics:
+            table.add_row("network weight", f"{result.metrics['blend']:.1f} (ridge {1 - result.metrics['blend']:.1f}; chosen on held-out predictions)")
         if result.ridge:
             table.add_row("ridge leave-one-out acc", f"{result.ridge['loo_accuracy']:.4f} ({result.ridge['samples']} samples)")
+        if result.plan:
+            p = result.plan
+            table.add_row("time limit", f"{p['limit_s']:.0f} s: planned {p['epochs']} of {p['default_epochs']} epochs, ran {p['epochs_run']}")
         table.add_row("time", f"{result.seconds:.1f} s")
         out.print(table)
         err.print(f"next: gaa evaluate {result.run_dir} TEST_FILE", markup=False)
@@ -336,6 +343,43 @@ def predict(
         frame, notes = run_predict(loaded, data, _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows))
         _notes(notes)
         write_predictions(frame, fmt.value, output, sys.stdout)
+
+
+# --- gaa info --------------------------------------------------------------------------------------
+
+
+@app.command(epilog="Examples:\n\n  gaa info runs/first\n\n  gaa info runs/first/best.safetensors --json")
+def info(
+    checkpoint: CheckpointArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of a table.")] = False,
+) -> None:
+    """Show what a checkpoint holds: classes, input schema, model and training config, parameters, metrics, versions, size."""
+    with _reported():
+        from .inference import info as read_info
+
+        d = read_info(checkpoint)
+        if as_json:
+            out.file.write(json.dumps(_finite_or_null(d)) + "\n")
+            return
+        s = d["schema"]
+        rows = [
+            ("checkpoint", f"{d['checkpoint']} ({d['size_bytes'] / 1e6:.2f} MB)"),
+            ("status", d["status"].split(": ", 1)[-1]),
+            ("classes", f"{len(d['classes'])}: {', '.join(d['classes'][:12])}{', ...' if len(d['classes']) > 12 else ''}"),
+            ("layout", f"{s['layout']}; label {s['label']!r}, id {s['id_col']!r}, time {s['time_col']!r}"),
+            ("input columns", f"{len(s['features'])}: {', '.join(s['features'][:8])}{', ...' if len(s['features']) > 8 else ''}"),
+            ("lengths", f"{d['lengths']['min']} to {d['lengths']['max']} steps (mean {d['lengths'].get('mean', float('nan')):.1f}), {d['n_train_samples']} training samples"),
+            ("parameters", f"{d['parameters']['network']:,} in the network; {d['parameters']['ridge_features']:,} ridge features"),
+            ("network weight", f"{d['network_weight']:.1f} (the ridge {1 - d['network_weight']:.1f})"),
+            ("model", " ".join(f"{k}={v}" for k, v in d["model_config"].items())),
+            ("training", " ".join(f"{k}={v}" for k, v in d["train_config"].items())),
+            ("metrics", " ".join(f"{k}={v:.4g}" for k, v in d["metrics"].items()) or "-"),
+            ("versions", " ".join(f"{k} {v}" for k, v in (d["versions"] or {}).items())),
+        ]
+        table = Table(title="gaa info", show_header=False, title_justify="left")
+        for k, v in rows:
+            table.add_row(k, Text(v))
+        out.print(table)
 
 
 def _given_value(e: Exception, args: list[str]) -> Optional[str]:

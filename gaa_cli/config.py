@@ -22,12 +22,13 @@ else:  # pragma: no cover
 
 from .errors import UsageError
 
-__all__ = ["AXES", "ModelConfig", "TrainConfig", "DataShape", "option", "options_of", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate"]
+__all__ = ["AXES", "ModelConfig", "TrainConfig", "DataShape", "option", "options_of", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate", "parse_duration"]
 
 AXES = ("time", "features", "both")
 MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
 TARGET_STEPS = 1000  # optimiser steps of a default run
 DEFAULT_WIDTH = 64  # channels of the convolutional stem
+VAL_SPLIT_SMALL = 0.2  # held out from sets under 300 samples when a ridge is to be weighed against the network
 RIDGE_FEATURES = 10_000  # random-convolution features of a default run (see random_features.py)
 
 
@@ -70,6 +71,9 @@ class TrainConfig:
     patience: int | None = option(None, "Stop after this many epochs without validation gain; 0 = never.", "Training")
     augment: bool = option(True, "Random per-channel scaling and jitter during training \\[default: on].", "Training", flag="--augment/--no-augment")
     seed: int = option(0, "Random seed \\[default: 0].", "Training")
+    time_limit: str | None = option(
+        None, "Wall-time budget of the whole command, e.g. 90s, 10m, 2h: the network's schedule is planned to end inside it, "
+        "and the ridge half is saved first \\[default: no limit].", "Training")
     device: str = option("auto", "auto, cpu, cuda or cuda:N \\[default: auto].", "Run")
 
 
@@ -100,7 +104,8 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
     if train.batch_size is None:
         train.batch_size = min(32, shape.n_samples)
     if train.val_split is None:
-        train.val_split = 0.0 if shape.n_samples < 300 else 0.1  # small sets need every sample for training
+        # held-out predictions weigh the network against the ridge; without a ridge, small sets need every sample
+        train.val_split = 0.1 if shape.n_samples >= 300 else VAL_SPLIT_SMALL if model.ridge_features else 0.0
     if train.epochs is None:
         # a fixed budget of optimiser steps, whatever the data's size, but at least a few passes
         steps_per_epoch = math.ceil(shape.n_samples * (1 - train.val_split) / train.batch_size)
@@ -108,6 +113,16 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
     if train.patience is None:
         train.patience = 0 if train.val_split == 0 else max(10, train.epochs // 3)
     return model, train
+
+
+def parse_duration(duration: str) -> float:
+    """'90s', '10m', '2h', '1.5h' or '120' (seconds) -> seconds; a ValueError for anything else or <= 0."""
+    text = duration.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    value = float(text[:-1] if scale else text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(duration)
+    return value * (scale or 1)
 
 
 def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | None = None) -> None:
@@ -144,6 +159,11 @@ def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | Non
         raise bad("gaa_heads", model.gaa_heads, f"at most the stem's width ({width}): each head takes a group of its channels")
     if model.gaa_layers and model.gaa_axes != "features" and width % model.gaa_heads:
         raise bad("gaa_heads", model.gaa_heads, f"a divisor of the stem's width ({width}): over time, each head takes an equal group of its channels")
+    if train.time_limit is not None:
+        try:
+            parse_duration(train.time_limit)
+        except ValueError:
+            raise bad("time_limit", train.time_limit, "a duration such as 90s, 10m or 2h (or a number of seconds)") from None
     if not 0 <= train.seed <= 2**63 - 1:  # what both numpy and torch accept
         raise bad("seed", train.seed, f"an integer from 0 to {2**63 - 1}")
     device = train.device.strip().lower()

@@ -18,7 +18,7 @@ from .metrics import classification_report
 from .model import MIN_LENGTH, SequenceClassifier
 from .tensors import encode_labels, predict_proba, to_tensors
 
-__all__ = ["ROW_ID", "Loaded", "load_model", "evaluate", "predict"]
+__all__ = ["ROW_ID", "Loaded", "load_model", "info", "evaluate", "predict"]
 
 ROW_ID = "series_id"  # the id column of outputs for data without one: each sample's 0-based position in the file
 
@@ -46,11 +46,15 @@ def _provenance(path: Path, meta: dict) -> tuple[list[str], list[str]]:
     kind, epoch = meta.get("kind"), meta.get("epoch")
     if kind == "last" and epoch == 0:
         raise CheckpointError(f"{path}: holds no trained model yet: its run stopped before the first epoch ended; {resume}")
+    if kind == "best" and epoch == 0:
+        which = "the ridge half alone, saved before the network's first epoch"
+    else:
+        which = f"epoch {epoch} of {epochs}"
     if last is None or loop.get("finished"):  # a finished run, or a file on its own
         what = "best" if kind == "best" else "final"
-        return [f"using {path}: the {what} model of {'its finished run' if last else 'its run'} (epoch {epoch} of {epochs})"], []
+        return [f"using {path}: the {what} model of {'its finished run' if last else 'its run'} ({which})"], []
     so_far = f"{done} of {epochs} epochs done" if isinstance(done, int) else "unfinished"
-    what = f"the best model so far (epoch {epoch})" if kind == "best" else f"the model as of epoch {epoch} (no best checkpoint yet)"
+    what = f"the best model so far ({which})" if kind == "best" else f"the model as of epoch {epoch} (no best checkpoint yet)"
     return [], [f"using {path}: {what} of an unfinished run ({so_far}); {resume}"]
 
 
@@ -64,6 +68,33 @@ def load_model(path: Path, device: str = "auto") -> Loaded:
     model = ckpt_io.build_model(cfg, schema, len(ck.meta["classes"]))
     model.load_state_dict(ck.model, strict=True)
     return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev, notes, warnings)
+
+
+def info(path: Path) -> dict:
+    """What a checkpoint holds, for `gaa info`: classes, input schema, configs, size, metrics, versions."""
+    loaded = load_model(path, "cpu")
+    meta, model = loaded.meta, loaded.model
+    network = sum(p.numel() for p in model.parameters())
+    ridge = model.ridge is not None and model.ridge.fitted
+    metrics = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))}
+    return {
+        "checkpoint": str(loaded.path),
+        "kind": meta.get("kind"),
+        "epoch": meta.get("epoch"),
+        "status": (loaded.notes + loaded.warnings)[0],
+        "classes": meta["classes"],
+        "schema": loaded.schema.to_dict(),
+        "lengths": meta["lengths"],
+        "n_train_samples": meta.get("n_train_samples"),
+        "model_config": meta["model_config"],
+        "train_config": meta["train_config"],
+        "parameters": {"network": network, "ridge_features": int(model.ridge.center.numel()) if ridge else 0},
+        "network_weight": float(model.blend) if ridge else 1.0,
+        "ridge": meta.get("ridge"),
+        "metrics": metrics,
+        "versions": meta.get("versions"),
+        "size_bytes": loaded.path.stat().st_size,
+    }
 
 
 def _read(loaded: Loaded, data_path: Path, need_labels: bool, opts: ReadOptions) -> SequenceData:

@@ -8,8 +8,9 @@ The GaussianBlock computes x + sum_l x * w_l, with attention weights w_l that su
 over the valid steps (norm axis: time). Summing what the block adds over time is a
 learned Gaussian attention pooling; it sits beside plain mean pooling before the head.
 
-`probabilities` averages the network's class probabilities with those of a ridge classifier on
-random convolution features (random_features.py), which `fit` solves before training starts.
+`probabilities` weighs the network's class probabilities against those of a ridge classifier on
+random convolution features (random_features.py), which training solves before the network's first
+step; the weight (`blend`) is chosen on held-out predictions.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class SequenceClassifier(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * w, n_classes)
         self.ridge = RandomFeatureRidge(cfg.ridge_features, cfg.ridge_length or 1, channels, n_classes) if cfg.ridge_features else None
+        self.register_buffer("blend", torch.tensor(0.5))  # the network's weight against the ridge's (see probabilities)
 
     def attend(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The GaussianBlock's layers with their residuals: (B, T', W), valid (B, T', 1) -> (B, T', W).
@@ -100,9 +102,17 @@ class SequenceClassifier(nn.Module):
             att = torch.zeros_like(mean)
         return self.head(self.drop(torch.cat([mean, att], dim=1)))  # (B, K)
 
-    def probabilities(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, C), (B, T) -> class probabilities (B, K): the network's, averaged with the ridge's once it is fitted."""
+    def probabilities(self, x: torch.Tensor, mask: torch.Tensor, part: str = "both") -> torch.Tensor:
+        """(B, T, C), (B, T) -> class probabilities (B, K).
+
+        `both`: the network's and, once it is fitted, the ridge's, weighted `blend` : 1 - `blend` (training chooses
+        the weight on held-out predictions); `network` or `ridge`: one half alone.
+        """
+        ridge = self.ridge is not None and self.ridge.fitted
+        if part == "ridge" or (part == "both" and ridge and float(self.blend) == 0.0):  # the ridge alone: no network pass
+            assert ridge, "this model has no fitted ridge"
+            return torch.softmax(self.ridge(x, mask), dim=-1)
         p = torch.softmax(self(x, mask).float(), dim=-1)
-        if self.ridge is not None and self.ridge.fitted:
-            p = (p + torch.softmax(self.ridge(x, mask), dim=-1)) / 2
+        if part == "both" and ridge:
+            p = self.blend * p + (1 - self.blend) * torch.softmax(self.ridge(x, mask), dim=-1)
         return p

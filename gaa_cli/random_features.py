@@ -63,10 +63,17 @@ class RandomFeatureRidge(nn.Module):
         return bool(self.temperature > 0)
 
     def _conv(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        # x: (B, C, T) -> (B, M, T)
+        """(B, C, T) -> (B, M, T): every kernel at dilation i over its mix of channels, zeros beyond the ends.
+
+        In float64, where sums of float32 values times the weights 2, -1 (and 0 or 1 for the channel mix) are
+        exact, so that no output depends on the order of the sum: conv1d's algorithm, and so the last bit of
+        a float32 result, changes with the batch's size, and a threshold drawn between two equal outputs must
+        compare the same way whatever else is in the batch.
+        """
         d = self.dilations[i]
-        w = self.kernels[:, None, :] * self.channel_mix[i][:, :, None]  # (M, C, 9)
-        return F.conv1d(x, w.to(x.dtype), padding=4 * d, dilation=d)
+        w = self.kernels[:, None, :].double() * self.channel_mix[i][:, :, None].double()  # (M, C, 9)
+        return F.conv1d(x.double(), w, padding=4 * d, dilation=d).float()
+
 
     def transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T, C), (B, T) -> (B, F): the fraction of valid steps above each threshold."""

@@ -35,6 +35,7 @@ class TrainRequest:
     resume: Path | None = None
     config: Path | None = None
     read: ReadOptions = field(default_factory=ReadOptions)
+    started: float | None = None  # time.monotonic() when the command began: a --time-limit counts from there
     model_options: dict[str, Any] = field(default_factory=dict)  # None = not given
     train_options: dict[str, Any] = field(default_factory=dict)
 
@@ -99,7 +100,7 @@ def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Call
         sources = {"data": str(req.data.resolve()), "val": str(req.val.resolve()) if req.val else "", "allow_missing": str(opts.allow_missing),
                    "fill": opts.fill, "skip_empty": str(opts.skip_empty)}
         return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources, fill=opts.fill,
-                   replaces=replaced)
+                   replaces=replaced, notes=notes, started=req.started)
 
 
 def _loaded(data: SequenceData) -> SequenceData:
@@ -163,7 +164,8 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
             notes(val.notes)
         loop = ck.meta["resume"]["loop"]
         notes([f"resuming {run_dir} at epoch {loop['epoch'] + 1}, step {loop['step'] + 1}"])
-        return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources, fill=fill)
+        return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources, fill=fill,
+                   notes=notes, started=req.started)
 
 
 def check_output(fmt: str, output: Path | None, force: bool) -> None:

@@ -148,15 +148,16 @@ def fingerprint(data: SequenceData) -> str:
 
 
 @torch.no_grad()
-def predict_proba(model: SequenceClassifier, t: Tensors, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, K), in input order. Sequences are batched by length, each batch cut to its
-    longest: a prediction depends on its own sequence only, and costs what its length costs."""
+def predict_proba(model: SequenceClassifier, t: Tensors, device: torch.device, batch_size: int = 256, part: str = "both") -> np.ndarray:
+    """Class probabilities (N, K), in input order (`part`: see SequenceClassifier.probabilities). Sequences are
+    batched by length, each batch cut to its longest: a prediction depends on its own sequence only, and costs
+    what its length costs."""
     model.eval()
     lengths = t.mask.sum(1)
     probs: torch.Tensor | None = None
     for idx in length_batches(lengths, batch_size):
         steps = max(1, int(lengths[idx].max()))
-        p = model.probabilities(t.x[idx, :steps].to(device), t.mask[idx, :steps].to(device)).float().cpu()
+        p = model.probabilities(t.x[idx, :steps].to(device), t.mask[idx, :steps].to(device), part).float().cpu()
         if probs is None:
             probs = torch.empty(len(t.x), p.shape[1])
         probs[idx] = p

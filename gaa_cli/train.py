@@ -2,11 +2,14 @@
 
 `fit` runs them in order:
 
-1. `prepare`: data -> normalisation, resolved configs, tensors, the validation split, the model;
-2. `fit_ridge`: the random-feature ridge classifier, in closed form, from the training split;
-3. `Trainer.train`: epochs of AdamW steps; each epoch that is validated (or the last one) first
-   re-estimates BatchNorm's statistics (`refresh_batchnorm`);
-4. saving, all along: `last.safetensors` (resumable, every SAVE_EVERY_S seconds and at the end),
+1. `prepare`: data -> normalisation, resolved configs, tensors, the validation split;
+2. `fit_ridge`: the random-feature ridge classifier, in closed form, from the training split; it is saved
+   at once as the run's best model, so that a usable model exists within seconds;
+3. `plan` (with a time limit only): a few timed steps size the network's schedule to end inside the budget;
+4. `Trainer.train`: epochs of AdamW steps; each validated epoch (and the last one) first re-estimates
+   BatchNorm's statistics (`refresh_batchnorm`), then weighs the network against the ridge on held-out
+   predictions (`choose_blend`) and replaces the best model only when that blend validates better;
+5. saving, all along: `last.safetensors` (resumable, every SAVE_EVERY_S seconds and at the end),
    `best.safetensors`, `metrics.jsonl`, `config.toml`.
 
 The caller (runs.py) checks the inputs and reports the returned `TrainResult`.
@@ -15,6 +18,7 @@ The caller (runs.py) checks the inputs and reports the returned `TrainResult`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -22,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +37,7 @@ from rich.console import Console
 
 from . import __version__
 from . import checkpoint as ckpt_io
-from .config import DataShape, ModelConfig, TrainConfig, resolve, to_toml
+from .config import DataShape, ModelConfig, TrainConfig, parse_duration, resolve, to_toml
 from .data import SequenceData
 from .device import resolve_device
 from .errors import Interrupted, Terminated, TrainingError, UsageError
@@ -44,8 +48,10 @@ from .tensors import Tensors, class_list, fingerprint, fit_normalization, predic
 
 REFRESH_SAMPLES = 512  # training samples that BatchNorm's statistics are re-estimated from (see refresh_batchnorm)
 SAVE_EVERY_S = 10.0  # the last checkpoint and metrics.jsonl are rewritten at most this often (and at the end); $GAA_SAVE_EVERY_S
+BLENDS = [i / 10 for i in range(11)]  # the network's weights against the ridge that held-out predictions choose from
+PROBE_STEPS = 3  # timed optimiser steps that plan a time-limited schedule
 
-__all__ = ["LoopState", "Prepared", "TrainResult", "prepare", "fit_ridge", "refresh_batchnorm", "Trainer", "fit"]
+__all__ = ["LoopState", "Prepared", "TrainResult", "prepare", "fit_ridge", "choose_blend", "plan", "refresh_batchnorm", "Trainer", "fit"]
 
 
 @dataclass
@@ -60,6 +66,7 @@ class LoopState:
     bad_epochs: int = 0  # epochs since the last improvement
     history: list[dict] = field(default_factory=list)  # one metrics dict per finished epoch
     finished: bool = False  # the run reached its last epoch or stopped early: nothing left to resume
+    seconds: float = 0.0  # spent training so far, over every process of the run (a time limit counts it)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +103,8 @@ class TrainResult:
     metrics: dict[str, float]  # the best epoch's
     seconds: float
     ridge: dict | None  # what the ridge classifier's fit chose (random_features.RandomFeatureRidge.fit), if it has one
+    plan: dict | None = None  # with a time limit: the budget, the planned epochs and what was reached
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of this process
 
 
 # --- phase 1: prepare ----------------------------------------------------------------------
@@ -167,7 +176,64 @@ def _saved_ridge(meta: dict) -> dict | None:
     return ridge if ok else None
 
 
-# --- phase 3: the loop -------------------------------------------------------------------------
+def _scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy and log loss on held-out data (labels -1, never seen in training, count as wrong)."""
+    ok = y >= 0
+    return {
+        "val_acc": float((probs.argmax(1) == y).mean()),
+        "val_loss": float(-np.log(np.clip(probs[np.flatnonzero(ok), y[ok]], 1e-15, 1)).mean()) if ok.any() else float("nan"),
+    }
+
+
+def choose_blend(net: np.ndarray, ridge: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The network's weight w in `w net + (1 - w) ridge` with the lowest held-out log loss, and its scores.
+
+    Held-out probabilities of both halves (N, K) and labels (N,). A half that is clearly worse gets little or
+    no weight: w = 0 is the ridge alone, w = 1 the network alone.
+    """
+    best = None
+    for w in BLENDS:
+        s = _scores(w * net + (1 - w) * ridge, y)
+        if best is None or (s["val_loss"], -s["val_acc"]) < (best[1]["val_loss"], -best[1]["val_acc"]):
+            best = (w, s)
+    return best
+
+
+# --- phase 3: planning a time-limited schedule ------------------------------------------------
+
+
+def plan(run: Prepared, model: SequenceClassifier, steps_per_epoch: int, batch_size: int, budget_s: float) -> tuple[int, dict]:
+    """Epochs of the default schedule that fit in `budget_s` seconds, timed on a copy of the model.
+
+    PROBE_STEPS optimiser steps (after one untimed warm-up step) give the cost of a step; one validation pass
+    and one BatchNorm re-estimation give the cost of an epoch's end. 10% of the budget is kept back for noise.
+    Returns the epochs (at most the configured ones; 0 when not even one fits) and the plan's figures.
+    """
+    cfg, t, device = run.train_cfg, run.train, run.device
+    probe = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    idx = torch.arange(min(batch_size, len(t)))
+    times = []
+    for _ in range(PROBE_STEPS + 1):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(probe(t.x[idx].to(device), t.mask[idx].to(device)), t.y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times[1:]))
+    t0 = time.perf_counter()
+    refresh_batchnorm(probe, t, batch_size, device)
+    if run.val is not None:
+        predict_proba(probe, run.val, device, part="network")
+    end_s = time.perf_counter() - t0
+    epoch_s = steps_per_epoch * step_s + (end_s if run.val is not None else 0.0)
+    epochs = int(min(cfg.epochs, max(0.0, (0.9 * budget_s - end_s) // epoch_s)))
+    return epochs, {"budget_s": round(budget_s, 3), "step_s": round(step_s, 5), "epoch_s": round(epoch_s, 4), "epochs": epochs,
+                    "steps": epochs * steps_per_epoch, "default_epochs": cfg.epochs}
+
+
+# --- phase 4: the loop -------------------------------------------------------------------------
 
 
 def augment(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -215,16 +281,6 @@ def refresh_batchnorm(model: torch.nn.Module, t: Tensors, batch_size: int, devic
             m.eval()
 
 
-def _validate(model: SequenceClassifier, val: Tensors, device: torch.device) -> dict[str, float]:
-    probs = predict_proba(model, val, device)
-    y = val.y.numpy()
-    ok = y >= 0
-    return {
-        "val_acc": float((probs.argmax(1) == y).mean()),
-        "val_loss": float(-np.log(np.clip(probs[np.flatnonzero(ok), y[ok]], 1e-15, 1)).mean()) if ok.any() else float("nan"),
-    }
-
-
 class _StopFlag:
     """Set by the first Ctrl-C or SIGTERM; the loop stops at the next step boundary. A second one stops at once."""
 
@@ -264,10 +320,34 @@ class Trainer:
         self.n = len(run.train)
         self.batch_size = min(cfg.batch_size, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
         self.loop = LoopState()
         self.perm = torch.empty(0, dtype=torch.long)  # this epoch's sample order, drawn at its start
         self.losses: list[float] = []  # this epoch's losses so far
+        self.deadline: float | None = None  # time.monotonic() by which the run must have ended (--time-limit)
+        self.timings: dict[str, float] = {}
+        self._ridge_val: np.ndarray | None = None
+
+    @property
+    def ridge_val(self) -> np.ndarray | None:
+        """The ridge's probabilities on the validation data (None without either), computed once: the ridge is
+        fixed once fitted, so validation never recomputes its features."""
+        model, run = self.model, self.run
+        if self._ridge_val is None and model.ridge is not None and model.ridge.fitted and run.val is not None:
+            with self.timed("validate"):
+                self._ridge_val = predict_proba(model, run.val, run.device, part="ridge")
+        return self._ridge_val
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.run.train_cfg.epochs
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
     def restore(self, ck: ckpt_io.Checkpoint) -> None:
         """Continue from a `last` checkpoint written by `save_last` (checked by checkpoint.check_resume_state)."""
@@ -282,6 +362,8 @@ class Trainer:
                 if torch.is_tensor(value) and value.shape != p.shape and value.numel() == p.numel():
                     state[key] = value.reshape(p.shape)
         self.loop = LoopState.from_dict(r["loop"])
+        if isinstance(ck.meta.get("ridge_first"), dict):
+            self.meta["ridge_first"] = ck.meta["ridge_first"]
         torch.set_rng_state(ck.state["rng.torch"])
         self.gen.set_state(ck.state["rng.gen"])
         if self.loop.step > 0:
@@ -291,24 +373,39 @@ class Trainer:
     # --- saving
 
     def save_last(self, epoch: int, step: int) -> Path:
-        state = {f"optim.{k}": v for k, v in ckpt_io.optimizer_tensors(self.opt).items()}
-        state["rng.torch"] = torch.get_rng_state()
-        state["rng.gen"] = self.gen.get_state()
-        if step > 0:
-            state["perm"] = self.perm
-            state["losses"] = torch.tensor(self.losses, dtype=torch.float64)
-        self.loop.epoch, self.loop.step = epoch, step
-        history = self.loop.history
-        meta = dict(self.meta, kind="last", epoch=epoch, metrics=history[-1] if history else {})
-        meta["resume"] = {"loop": self.loop.to_dict(), "fingerprint": self.run.fingerprint, "param_groups": ckpt_io.param_groups(self.opt)}
-        path = self.run_dir / ckpt_io.LAST
-        ckpt_io.save(path, ckpt_io.Checkpoint(meta, self.model.state_dict(), state))
-        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        with self.timed("save"):
+            state = {f"optim.{k}": v for k, v in ckpt_io.optimizer_tensors(self.opt).items()}
+            state["rng.torch"] = torch.get_rng_state()
+            state["rng.gen"] = self.gen.get_state()
+            if step > 0:
+                state["perm"] = self.perm
+                state["losses"] = torch.tensor(self.losses, dtype=torch.float64)
+            self.loop.epoch, self.loop.step = epoch, step
+            history = self.loop.history
+            meta = dict(self.meta, kind="last", epoch=epoch, metrics=history[-1] if history else {})
+            meta["resume"] = {"loop": self.loop.to_dict(), "fingerprint": self.run.fingerprint, "param_groups": ckpt_io.param_groups(self.opt)}
+            path = self.run_dir / ckpt_io.LAST
+            ckpt_io.save(path, ckpt_io.Checkpoint(meta, self.model.state_dict(), state))
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
         return path
 
     def save_best(self, epoch: int, metrics: dict) -> None:
-        meta = dict(self.meta, kind="best", epoch=epoch, metrics=metrics)
-        ckpt_io.save(self.run_dir / ckpt_io.BEST, ckpt_io.Checkpoint(meta, self.model.state_dict(), {}))
+        """The model as it is, with the blend in `metrics` (if any), as the run's best; epoch 0 = the ridge alone."""
+        with self.timed("save"):
+            if "blend" in metrics:
+                self.model.blend.fill_(metrics["blend"])
+            meta = dict(self.meta, kind="best", epoch=epoch, metrics=metrics)
+            ckpt_io.save(self.run_dir / ckpt_io.BEST, ckpt_io.Checkpoint(meta, self.model.state_dict(), {}))
+
+    def save_ridge_first(self) -> dict:
+        """Ridge first: the ridge alone, saved as the best model before the network's first step; its metrics."""
+        metrics = {"epoch": 0, "blend": 0.0, "ridge_loo_acc": self.meta["ridge"]["loo_accuracy"]}
+        if self.ridge_val is not None:
+            metrics.update(_scores(self.ridge_val, self.run.val.y.numpy()))
+            self.loop.best_acc, self.loop.best_loss = metrics["val_acc"], metrics["val_loss"]
+        self.meta["ridge_first"] = metrics  # in every later checkpoint's metadata: a resumed run reports it
+        self.save_best(0, metrics)
+        return metrics
 
     # --- the loop
 
@@ -334,15 +431,27 @@ class Trainer:
             raise TrainingError(f"{self.run_dir}: the weights became NaN or infinite {where} (the loss was {loss.item():.3g}); {advice}")
         return loss.item()
 
+    def _validate(self) -> dict[str, float]:
+        """The network alone on the validation data, and, with a ridge, the blend of both that validates best."""
+        run = self.run
+        with self.timed("validate"):
+            net = predict_proba(self.model, run.val, run.device, part="network")
+        y = run.val.y.numpy()
+        if self.ridge_val is None:
+            return _scores(net, y)
+        blend, scores = choose_blend(net, self.ridge_val, y)
+        return {**scores, "blend": blend, "val_acc_network": _scores(net, y)["val_acc"], "val_acc_ridge": _scores(self.ridge_val, y)["val_acc"]}
+
     def _end_epoch(self, epoch: int, seconds_from: float) -> tuple[dict, bool]:
         """Re-estimate the norms, validate, keep the best; returns the epoch's metrics and whether the run is done."""
         run, loop, cfg = self.run, self.loop, self.run.train_cfg
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
                    "lr": lr_at((epoch + 1) * self.steps_per_epoch - 1, self.total_steps, cfg.lr)}
         if run.val is not None or epoch + 1 == cfg.epochs:  # before the model is validated, or kept as the final one
-            refresh_batchnorm(self.model, run.train, self.batch_size, run.device)
+            with self.timed("refresh_norms"):
+                refresh_batchnorm(self.model, run.train, self.batch_size, run.device)
         if run.val is not None:
-            metrics.update(_validate(self.model, run.val, run.device))
+            metrics.update(self._validate())
         metrics["seconds"] = round(time.perf_counter() - seconds_from, 3)
         loop.history.append(metrics)
         loop.epoch, loop.step = epoch + 1, 0
@@ -354,14 +463,19 @@ class Trainer:
                 self.save_best(epoch + 1, metrics)
         else:
             loop.bad_epochs += 1
-        done = epoch + 1 == cfg.epochs or (cfg.patience > 0 and loop.bad_epochs >= cfg.patience)
+        epoch_s = time.perf_counter() - seconds_from
+        out_of_time = self.deadline is not None and time.monotonic() + epoch_s > self.deadline
+        done = epoch + 1 == cfg.epochs or (cfg.patience > 0 and loop.bad_epochs >= cfg.patience) or out_of_time
         loop.finished = done
         if run.val is None and done:  # without validation the best model is the final one
+            if epoch + 1 < cfg.epochs:  # cut short by the time limit: the norms follow the weights as they are
+                with self.timed("refresh_norms"):
+                    refresh_batchnorm(self.model, run.train, self.batch_size, run.device)
             self.save_best(epoch + 1, metrics)
         return metrics, done
 
     def train(self, progress: TrainProgress, stop: _StopFlag) -> None:
-        """Epochs until the budget or patience runs out; Ctrl-C or SIGTERM saves and raises Interrupted."""
+        """Epochs until the budget, the time limit or patience runs out; Ctrl-C or SIGTERM saves and raises Interrupted."""
         epochs = self.run.train_cfg.epochs
         save_every = float(os.environ.get("GAA_SAVE_EVERY_S") or SAVE_EVERY_S)
         saved_at = time.perf_counter()
@@ -372,12 +486,15 @@ class Trainer:
             if self.loop.step == 0:
                 self.perm = torch.randperm(self.n, generator=self.gen)
                 self.losses = []
-            for step in range(self.loop.step, self.steps_per_epoch):
-                self.losses.append(self._step(epoch, step))
-                progress.step(epoch + 1, epochs, float(np.mean(self.losses)))
-                if stop.set:
-                    raise Interrupted(self.save_last(epoch, step + 1), terminated=stop.terminated)
+            with self.timed("steps"):
+                for step in range(self.loop.step, self.steps_per_epoch):
+                    self.losses.append(self._step(epoch, step))
+                    progress.step(epoch + 1, epochs, float(np.mean(self.losses)))
+                    if stop.set:
+                        self.loop.seconds += time.perf_counter() - t0
+                        raise Interrupted(self.save_last(epoch, step + 1), terminated=stop.terminated)
             metrics, done = self._end_epoch(epoch, t0)
+            self.loop.seconds += time.perf_counter() - t0
             progress.epoch_done(metrics.get("val_acc"), done)
             # short epochs would spend more time writing than training: save every few seconds
             if done or time.perf_counter() - saved_at >= save_every:
@@ -403,28 +520,78 @@ def fit(
     sources: dict[str, str] | None = None,
     fill: str = "mean",
     replaces: list[str] = (),
+    notes: Callable[[list[str]], None] = lambda lines: None,
+    started: float | None = None,
 ) -> TrainResult:
     """Train a classifier on `data` and write the run directory. See the module docstring.
 
     `replaces` names a previous run's files in `run_dir` (--force): they stay until this run has written its first
     complete checkpoint, then those it did not rewrite are removed, so a run that fails before that point leaves
-    the old one whole."""
-    started = time.perf_counter()
+    the old one whole. `notes` receives what the user should know (the plan, the ridge); `started` is when the
+    command began (time.monotonic()), from which a time limit counts.
+    """
+    started = time.monotonic() if started is None else started
+    t0 = time.perf_counter()
     run = prepare(data, val_data, model_cfg, train_cfg, sources or {}, fill)
-    torch.manual_seed(run.train_cfg.seed)
+    cfg = run.train_cfg
+    torch.manual_seed(cfg.seed)
     model = SequenceClassifier(run.model_cfg, run.shape.channels, len(run.classes)).to(run.device)
+    prepare_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     ridge = _saved_ridge(resume.meta) if resume is not None else fit_ridge(model, run, console, show_progress)
+    ridge_s = time.perf_counter() - t0
     trainer = Trainer(run, model, run_dir, ridge)
+    trainer.timings.update(prepare=prepare_s, ridge=ridge_s)
+    result_plan = None
     if resume is not None:
         trainer.restore(resume)
+    else:
+        if ridge is not None:  # a complete, usable model within seconds: the ridge alone
+            first = trainer.save_ridge_first()
+            val = f", validation accuracy {first['val_acc']:.3f}" if "val_acc" in first else ""
+            notes([f"saved the ridge half as the run's first model ({run_dir / ckpt_io.BEST}; leave-one-out accuracy "
+                   f"{ridge['loo_accuracy']:.3f}{val}); the network now trains, and replaces it only if the two validate better together"])
+            if run.val is None:
+                model.blend.fill_(0.5)
+                notes(["no held-out data to weigh the network against the ridge: they are averaged 50/50; "
+                       "give --val or --val-split to weigh them by evidence"])
+        if cfg.time_limit is not None:
+            budget = parse_duration(cfg.time_limit)
+            left = budget - (time.monotonic() - started)
+            with trainer.timed("plan"):
+                if left > 0:
+                    epochs, result_plan = plan(run, model, trainer.steps_per_epoch, trainer.batch_size, left)
+                else:  # spent before the network could start (loading, the ridge)
+                    epochs, result_plan = 0, {"budget_s": round(left, 3), "epoch_s": float("nan"), "epochs": 0, "steps": 0, "default_epochs": cfg.epochs}
+            if epochs == 0 and ridge is None:
+                epochs = 1  # a model must exist: one epoch, even past the limit
+            if epochs == 0:
+                why = "loading and the ridge used it up" if left <= 0 else f"an epoch takes about {result_plan['epoch_s']:.2f} s"
+                notes([f"the {cfg.time_limit} time limit leaves no room for an epoch of the network ({why}): the ridge half alone is the model"])
+            else:
+                notes([f"plan: {epochs} epochs of {trainer.steps_per_epoch} steps ({epochs * trainer.steps_per_epoch} steps, about "
+                       f"{epochs * result_plan['epoch_s']:.0f} s) to end inside the {cfg.time_limit} time limit "
+                       f"(the default schedule is {cfg.epochs} epochs)"])
+            cfg.epochs = epochs
+            result_plan["limit_s"] = budget
+            trainer.meta["train_config"] = dataclasses.asdict(cfg)
+    if cfg.time_limit is not None:
+        trainer.deadline = time.monotonic() + parse_duration(cfg.time_limit) - (time.monotonic() - started) - trainer.loop.seconds
     if resume is None:
         trainer.save_last(0, 0)
-    atomic_write_text(run_dir / "config.toml", to_toml(run.model_cfg, run.train_cfg))
-    for name in set(replaces) - {ckpt_io.LAST, "metrics.jsonl", "config.toml"}:  # the old run's, now out of date
+    atomic_write_text(run_dir / "config.toml", to_toml(run.model_cfg, cfg))
+    for name in set(replaces) - {ckpt_io.LAST, ckpt_io.BEST if ridge else "", "metrics.jsonl", "config.toml"}:  # the old run's, out of date
         (run_dir / name).unlink(missing_ok=True)
     loop = trainer.loop
-    done_steps = loop.epoch * trainer.steps_per_epoch + loop.step
-    with _stop_on_signals() as stop, TrainProgress(console, trainer.total_steps, done_steps, disable=not show_progress) as progress:
-        trainer.train(progress, stop)
-    best = next(m for m in loop.history if m["epoch"] == loop.best_epoch)
-    return TrainResult(run_dir, run_dir / ckpt_io.BEST, loop.best_epoch, len(loop.history), best, time.perf_counter() - started, ridge)
+    if cfg.epochs > 0:
+        done_steps = loop.epoch * trainer.steps_per_epoch + loop.step
+        with _stop_on_signals() as stop, TrainProgress(console, trainer.total_steps, done_steps, disable=not show_progress) as progress:
+            trainer.train(progress, stop)
+    else:
+        loop.finished = True
+        trainer.save_last(0, 0)
+    if result_plan is not None:
+        result_plan.update(epochs_run=len(loop.history), seconds=round(time.monotonic() - started, 2))
+    best = next((m for m in loop.history if m["epoch"] == loop.best_epoch), None) or trainer.meta.get("ridge_first") or {}
+    return TrainResult(run_dir, run_dir / ckpt_io.BEST, loop.best_epoch, len(loop.history), best, time.monotonic() - started, ridge,
+                       result_plan, trainer.timings)

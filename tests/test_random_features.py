@@ -141,7 +141,7 @@ def _parquet(path, n: int, seed: int) -> None:
     pq.write_table(pa.table({"x": pa.array(series, pa.list_(pa.float64())), "label": pa.array([f"c{k}" for k in y])}), path)
 
 
-def test_fit_saves_the_fitted_ridge_and_predictions_average_both(tmp_path):
+def test_fit_saves_the_fitted_ridge_and_predictions_weigh_both(tmp_path):
     _parquet(tmp_path / "train.parquet", 30, 0)
     _parquet(tmp_path / "test.parquet", 12, 1)
     data = load(tmp_path / "train.parquet")
@@ -150,15 +150,18 @@ def test_fit_saves_the_fitted_ridge_and_predictions_average_both(tmp_path):
     (tmp_path / "net").mkdir()
     result = fit(data, None, ModelConfig(width=8), TrainConfig(epochs=2, batch_size=8), tmp_path / "run", console=console, show_progress=False)
     loaded = load_model(tmp_path / "run")
-    assert result.ridge is not None and result.ridge["samples"] == 30 and loaded.meta["ridge"] == result.ridge
+    assert result.ridge is not None and result.ridge["samples"] == loaded.meta["n_train_samples"] == 24  # 30 less the 20% held out
+    assert loaded.meta["ridge"] == result.ridge
     assert result.ridge["penalty"] in PENALTIES and result.ridge["temperature"] == float(loaded.model.ridge.temperature)
     ridge = loaded.model.ridge
     assert ridge is not None and ridge.fitted and loaded.meta["model_config"]["ridge_features"] == 10_000
     assert loaded.meta["model_config"]["ridge_length"] == 25
     test = load(tmp_path / "test.parquet", schema=loaded.schema)
     t = to_tensors(test, loaded.meta["normalization"], loaded.meta["classes"])
+    w = float(loaded.model.blend)
+    assert w == loaded.meta["metrics"]["blend"]  # the weight the validation chose, saved with the model
     with torch.no_grad():
-        want = (torch.softmax(loaded.model(t.x, t.mask), -1) + torch.softmax(ridge(t.x, t.mask), -1)) / 2
+        want = w * torch.softmax(loaded.model(t.x, t.mask), -1) + (1 - w) * torch.softmax(ridge(t.x, t.mask), -1)
     np.testing.assert_allclose(predict_proba(loaded.model, t, loaded.device), want.numpy(), atol=1e-6)
     # the ridge alone separates these classes
     assert (ridge(t.x, t.mask).argmax(1) == t.y).float().mean() >= 0.75

@@ -96,7 +96,7 @@ def test_sigterm_while_starting_exits_143(tmp_path):
 def test_a_finished_run_says_which_checkpoint_is_used(tmp_path):
     data = csv(tmp_path / "train.csv", wide_frame())
     run = tmp_path / "run"
-    assert gaa("train", data, *TINY, "--out", run).code == 0
+    assert gaa("train", data, *TINY, "--ridge-features", "0", "--out", run).code == 0
     r = gaa("predict", run, data)
     assert r.code == 0 and "gaa: warning" not in r.stderr
     assert f"gaa: note: using {run / 'best.safetensors'}: the best model of its finished run (epoch 1 of 1)" in r.stderr

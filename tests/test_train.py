@@ -92,7 +92,7 @@ def test_saved_model_carries_the_refreshed_statistics(tmp_path):
     pq.write_table(pa.table({"series_id": np.arange(n), "x": [s.tolist() for s in series], "label": y}), path)
     data = load(path)
     (tmp_path / "run").mkdir()
-    run = fit(data, None, ModelConfig(width=8), TrainConfig(epochs=3), tmp_path / "run", console=Console(file=io.StringIO()), show_progress=False).run_dir
+    run = fit(data, None, ModelConfig(width=8, ridge_features=0), TrainConfig(epochs=3), tmp_path / "run", console=Console(file=io.StringIO()), show_progress=False).run_dir
 
     loaded = load_model(run)
     meta = loaded.meta

@@ -28,6 +28,7 @@ AXES = ("time", "features", "both")
 MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
 TARGET_STEPS = 1000  # optimiser steps of a default run
 DEFAULT_WIDTH = 64  # channels of the convolutional stem
+SMALL = 300  # samples below which a set is small: no early stopping, the held-out part only weighs the halves
 VAL_SPLIT_SMALL = 0.2  # held out from sets under 300 samples when a ridge is to be weighed against the network
 RIDGE_FEATURES = 10_000  # random-convolution features of a default run (see random_features.py)
 
@@ -105,13 +106,15 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
         train.batch_size = min(32, shape.n_samples)
     if train.val_split is None:
         # held-out predictions weigh the network against the ridge; without a ridge, small sets need every sample
-        train.val_split = 0.1 if shape.n_samples >= 300 else VAL_SPLIT_SMALL if model.ridge_features else 0.0
+        train.val_split = 0.1 if shape.n_samples >= SMALL else VAL_SPLIT_SMALL if model.ridge_features else 0.0
     if train.epochs is None:
         # a fixed budget of optimiser steps, whatever the data's size, but at least a few passes
         steps_per_epoch = math.ceil(shape.n_samples * (1 - train.val_split) / train.batch_size)
         train.epochs = int(min(TARGET_STEPS, max(10, math.ceil(TARGET_STEPS / steps_per_epoch))))
     if train.patience is None:
-        train.patience = 0 if train.val_split == 0 else max(10, train.epochs // 3)
+        # early stopping needs a validation set large enough to tell epochs apart; a small set's held-out 20% only
+        # weighs the network against the ridge, at the end of the full schedule (train.py)
+        train.patience = 0 if train.val_split == 0 or shape.n_samples < SMALL else max(10, train.epochs // 3)
     return model, train
 
 

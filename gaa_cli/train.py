@@ -37,7 +37,7 @@ from rich.console import Console
 
 from . import __version__
 from . import checkpoint as ckpt_io
-from .config import DataShape, ModelConfig, TrainConfig, parse_duration, resolve, to_toml
+from .config import SMALL, DataShape, ModelConfig, TrainConfig, parse_duration, resolve, to_toml
 from .data import SequenceData
 from .device import resolve_device
 from .errors import Interrupted, Terminated, TrainingError, UsageError
@@ -92,6 +92,8 @@ class Prepared:
     val: Tensors | None  # the validation split or file
     fingerprint: str  # of the training data, for --resume
     meta: dict  # what every checkpoint of the run records besides its weights
+    every_epoch: bool = True  # validate (and keep the best of) every epoch; else only the last: a small set's
+    # held-out part is too small to choose epochs, and only weighs the network against the ridge
 
 
 @dataclass
@@ -154,7 +156,8 @@ def prepare(
         "sources": sources,
         "versions": {"gaa": __version__, "torch": torch.__version__, "format": ckpt_io.FORMAT_VERSION},
     }
-    return Prepared(model_cfg, train_cfg, shape, classes, norm, device, train, val, fingerprint(data), meta)
+    every_epoch = val_data is not None or shape.n_samples >= SMALL
+    return Prepared(model_cfg, train_cfg, shape, classes, norm, device, train, val, fingerprint(data), meta, every_epoch)
 
 
 # --- phase 2: the ridge classifier -----------------------------------------------------------
@@ -186,17 +189,27 @@ def _scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def choose_blend(net: np.ndarray, ridge: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, float]]:
-    """The network's weight w in `w net + (1 - w) ridge` with the lowest held-out log loss, and its scores.
+    """The network's weight w in `w net + (1 - w) ridge`, from held-out probabilities of both halves (N, K) and
+    labels (N,), and the scores of that blend.
 
-    Held-out probabilities of both halves (N, K) and labels (N,). A half that is clearly worse gets little or
-    no weight: w = 0 is the ridge alone, w = 1 the network alone.
+    The even average (w = 0.5) stands unless another weight on the grid lowers the held-out log loss by more than
+    two standard errors of the per-sample difference: on a handful of held-out samples the weight stays even,
+    and a half that is clearly worse gets little or no weight (w = 0: the ridge alone; w = 1: the network alone).
     """
-    best = None
+    rows = np.arange(len(y))
+
+    def losses(w: float) -> np.ndarray:
+        p = w * net + (1 - w) * ridge
+        return -np.log(np.clip(p[rows, np.maximum(y, 0)], 1e-15, 1)) * (y >= 0)
+
+    even = losses(0.5)
+    best, gain = 0.5, 0.0
     for w in BLENDS:
-        s = _scores(w * net + (1 - w) * ridge, y)
-        if best is None or (s["val_loss"], -s["val_acc"]) < (best[1]["val_loss"], -best[1]["val_acc"]):
-            best = (w, s)
-    return best
+        diff = even - losses(w)  # > 0 where w does better
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
+        if diff.mean() > max(2 * se, gain):
+            best, gain = w, diff.mean()
+    return best, _scores(best * net + (1 - best) * ridge, y)
 
 
 # --- phase 3: planning a time-limited schedule ------------------------------------------------
@@ -227,7 +240,7 @@ def plan(run: Prepared, model: SequenceClassifier, steps_per_epoch: int, batch_s
     if run.val is not None:
         predict_proba(probe, run.val, device, part="network")
     end_s = time.perf_counter() - t0
-    epoch_s = steps_per_epoch * step_s + (end_s if run.val is not None else 0.0)
+    epoch_s = steps_per_epoch * step_s + (end_s if run.val is not None and run.every_epoch else 0.0)
     epochs = int(min(cfg.epochs, max(0.0, (0.9 * budget_s - end_s) // epoch_s)))
     return epochs, {"budget_s": round(budget_s, 3), "step_s": round(step_s, 5), "epoch_s": round(epoch_s, 4), "epochs": epochs,
                     "steps": epochs * steps_per_epoch, "default_epochs": cfg.epochs}
@@ -443,34 +456,37 @@ class Trainer:
         return {**scores, "blend": blend, "val_acc_network": _scores(net, y)["val_acc"], "val_acc_ridge": _scores(self.ridge_val, y)["val_acc"]}
 
     def _end_epoch(self, epoch: int, seconds_from: float) -> tuple[dict, bool]:
-        """Re-estimate the norms, validate, keep the best; returns the epoch's metrics and whether the run is done."""
+        """Re-estimate the norms, validate, keep the best; returns the epoch's metrics and whether the run is done.
+
+        The run ends at its last epoch, when patience runs out, or when another epoch would overrun the time
+        limit; its final epoch is always validated and may replace the best model.
+        """
         run, loop, cfg = self.run, self.loop, self.run.train_cfg
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
                    "lr": lr_at((epoch + 1) * self.steps_per_epoch - 1, self.total_steps, cfg.lr)}
-        if run.val is not None or epoch + 1 == cfg.epochs:  # before the model is validated, or kept as the final one
+        steps_s = time.perf_counter() - seconds_from
+        out_of_time = self.deadline is not None and time.monotonic() + steps_s > self.deadline
+        final = epoch + 1 == cfg.epochs or out_of_time  # (patience can end the run too, once validated below)
+        validate = run.val is not None and (run.every_epoch or final)
+        if validate or final:  # before the model is validated, or kept as the final one
             with self.timed("refresh_norms"):
                 refresh_batchnorm(self.model, run.train, self.batch_size, run.device)
-        if run.val is not None:
+        if validate:
             metrics.update(self._validate())
         metrics["seconds"] = round(time.perf_counter() - seconds_from, 3)
         loop.history.append(metrics)
         loop.epoch, loop.step = epoch + 1, 0
-        improved = run.val is None or (metrics["val_acc"], -metrics["val_loss"]) > (loop.best_acc, -loop.best_loss)
+        improved = validate and (metrics["val_acc"], -metrics["val_loss"]) > (loop.best_acc, -loop.best_loss)
         if improved:
             loop.best_epoch, loop.bad_epochs = epoch + 1, 0
-            loop.best_acc, loop.best_loss = metrics.get("val_acc", -1.0), metrics.get("val_loss", math.inf)
-            if run.val is not None:
-                self.save_best(epoch + 1, metrics)
-        else:
+            loop.best_acc, loop.best_loss = metrics["val_acc"], metrics["val_loss"]
+            self.save_best(epoch + 1, metrics)
+        elif validate:
             loop.bad_epochs += 1
-        epoch_s = time.perf_counter() - seconds_from
-        out_of_time = self.deadline is not None and time.monotonic() + epoch_s > self.deadline
-        done = epoch + 1 == cfg.epochs or (cfg.patience > 0 and loop.bad_epochs >= cfg.patience) or out_of_time
+        done = final or (cfg.patience > 0 and loop.bad_epochs >= cfg.patience)
         loop.finished = done
         if run.val is None and done:  # without validation the best model is the final one
-            if epoch + 1 < cfg.epochs:  # cut short by the time limit: the norms follow the weights as they are
-                with self.timed("refresh_norms"):
-                    refresh_batchnorm(self.model, run.train, self.batch_size, run.device)
+            loop.best_epoch = epoch + 1
             self.save_best(epoch + 1, metrics)
         return metrics, done
 

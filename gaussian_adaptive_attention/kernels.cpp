@@ -41,6 +41,14 @@
 #include <limits>
 #include <vector>
 
+// Inline every call (exp and the transposes included) into the per-vector
+// entry points, so that their vectors stay in registers.
+#if defined(__GNUC__)
+#define GAA_FLATTEN __attribute__((noinline, flatten))
+#else
+#define GAA_FLATTEN
+#endif
+
 #if defined(__SSE__) || defined(_M_X64)
 #include <xmmintrin.h>
 #define GAA_HAVE_MXCSR 1
@@ -53,7 +61,7 @@ using at::Tensor;
 using at::vec::Vectorized;
 using OptionalTensors = c10::List<std::optional<Tensor>>;
 
-constexpr int64_t kTile = 64;        // slices per transposed tile (Q == 1)
+constexpr int64_t kTile = 64;        // lanes per item: along q, or slices per transposed tile
 constexpr int64_t kTileElems = 4096; // at most this many elements per tile
 constexpr int64_t kChunk = 16384;    // elements per unit of parallel work, at least
 constexpr double kLogSqrt2Pi = 0.91893853320467274178;
@@ -74,7 +82,7 @@ struct FlushDenormals {
 };
 
 template <typename T>
-inline Vectorized<T> vexp(const Vectorized<T>& a) {
+C10_ALWAYS_INLINE Vectorized<T> vexp(const Vectorized<T>& a) {
 #ifdef GAA_EXP_U10
   return a.exp();
 #else
@@ -83,24 +91,26 @@ inline Vectorized<T> vexp(const Vectorized<T>& a) {
 }
 
 template <typename T>
-inline Vectorized<T> load(const T* p, int64_t count) {
+C10_ALWAYS_INLINE Vectorized<T> load(const T* p, int64_t count) {
   return count == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, count);
 }
 
 template <typename T>
-inline void store(const Vectorized<T>& a, T* p, int64_t count) {
+C10_ALWAYS_INLINE void store(const Vectorized<T>& a, T* p, int64_t count) {
   a.store(p, static_cast<int>(count));
 }
 
 // Whether any of the first `count` lanes of a comparison result is true.
 template <typename T>
-inline bool any_lane(const Vectorized<T>& mask, int64_t count) {
-  T buf[Vectorized<T>::size()];
-  Vectorized<T>::blendv(Vectorized<T>(T(0)), Vectorized<T>(T(1)), mask).store(buf);
-  for (int64_t l = 0; l < count; l++) {
-    if (buf[l] != T(0)) return true;
-  }
-  return false;
+C10_ALWAYS_INLINE bool any_lane(const Vectorized<T>& mask, int64_t count) {
+  const int64_t bits = ~static_cast<int64_t>(mask.zero_mask());  // a true lane has all bits set
+  return (bits & ((int64_t(1) << count) - 1)) != 0;
+}
+
+// s mod H without a division where H is a power of two (a 64-bit division costs
+// as much as a short slice's arithmetic).
+inline int64_t mod_heads(int64_t s, int64_t H) {
+  return (H & (H - 1)) == 0 ? s & (H - 1) : s % H;
 }
 
 // ------------------------------------------------------------ head algebra
@@ -153,72 +163,131 @@ void head_gradients(const T* m, const T* c, int64_t H, int64_t G, const double* 
 
 // ------------------------------------------------------- one vector of slices
 
-// Where one vector of slices lives: element (i, lane) of x, out, w (and the
-// gradients) at i * stride + lane, for lanes < count; the mask's at
-// mask[i * mask_stride + (mask_per_lane ? lane : 0)]. Statistics of lane l at [l].
+// One vector of slices (one slice per lane, lanes < count): the statistics of
+// lane l at [l], each lane's head coefficients, and the mask: element (i, lane)
+// at mask[i * mask_stride + (mask_per_lane ? lane : 0)].
 template <typename T>
 struct Lanes {
   using Vec = Vectorized<T>;
-  int64_t stride, count;
+  int64_t count;
   const T* mask;
   int64_t mask_stride;
   bool mask_per_lane;
   T *mean, *var, *shift, *scale;
   Vec A, b, R, K;
 
-  Vec valid(int64_t i) const {  // 1 or 0 per lane
+  C10_ALWAYS_INLINE Vec valid(int64_t i) const {  // 1 or 0 per lane
     return mask_per_lane ? load(mask + i * mask_stride, count) : Vec(mask[i * mask_stride]);
   }
 };
 
-// out (and w) from x for one vector of slices, and the slices' statistics.
-// w doubles as scratch for the unnormalised weights; it is out itself when
-// the caller does not keep the weights.
-template <typename T, bool kMasked>
-void forward_lanes(const Lanes<T>& g, const T* x, T* out, T* w, int64_t N, T eps, T log_eps, bool residual) {
+// The data of a vector of slices in memory: element (i, lane) at i * stride + lane
+// (w's at i * w_stride + lane), all V lanes readable and writable (a partial
+// vector goes through a padded copy, so that no load needs a count). In the forward, w doubles as scratch for the
+// unnormalised weights and may be out itself (keep_w false); in the backward,
+// w is scratch for the weights.
+template <typename T>
+struct InMemory {
   using Vec = Vectorized<T>;
-  const int64_t c = g.count, s = g.stride;
+  const T* x;
+  const T* gout;
+  T* w;
+  T* out;  // the output, or dL/dx in the backward (may be null there)
+  int64_t stride, w_stride;
+  bool keep_w;
+
+  C10_ALWAYS_INLINE Vec x_at(int64_t i) const { return Vec::loadu(x + i * stride); }
+  C10_ALWAYS_INLINE Vec g_at(int64_t i) const { return Vec::loadu(gout + i * stride); }
+  C10_ALWAYS_INLINE Vec w_at(int64_t i) const { return Vec::loadu(w + i * w_stride); }
+  C10_ALWAYS_INLINE void put_w(int64_t i, const Vec& a) { a.store(w + i * w_stride); }
+  C10_ALWAYS_INLINE void put_out(int64_t i, const Vec& a) { a.store(out + i * stride); }
+};
+
+// A block of V slices on the stack, position-major (element (i, lane) at
+// i * V + lane), with N known at compile time (8 or 16): the compiler keeps
+// what fits in registers. The output replaces x: the cores write position i
+// only after their last read of it.
+template <typename T, int kN>
+struct OnStack {
+  using Vec = Vectorized<T>;
+  static constexpr int64_t V = Vec::size();
+  alignas(64) T x[kN * V];
+  alignas(64) T g[kN * V];
+  alignas(64) T w[kN * V];
+  bool keep_w;
+
+  C10_ALWAYS_INLINE Vec x_at(int64_t i) const { return Vec::loadu(x + i * V); }
+  C10_ALWAYS_INLINE Vec g_at(int64_t i) const { return Vec::loadu(g + i * V); }
+  C10_ALWAYS_INLINE Vec w_at(int64_t i) const { return Vec::loadu(w + i * V); }
+  C10_ALWAYS_INLINE void put_w(int64_t i, const Vec& a) { a.store(w + i * V); }
+  C10_ALWAYS_INLINE void put_out(int64_t i, const Vec& a) { a.store(x + i * V); }
+};
+
+// Runs body(i, k) for every position i < N, k = i % 2 picking one of two sets
+// of accumulators: consecutive positions then do not wait on each other's sums
+// (an add's latency is several of its issue slots).
+template <typename F>
+C10_ALWAYS_INLINE void over_positions(int64_t N, F&& body) {
+  int64_t i = 0;
+  for (; i + 1 < N; i += 2) {
+    body(i, 0);
+    body(i + 1, 1);
+  }
+  if (i < N) body(i, 0);
+}
+
+// out (and w) from x for one vector of slices, and the slices' statistics.
+// kN > 0: N is known at compile time.
+template <typename T, bool kMasked, int kN, typename Data>
+C10_ALWAYS_INLINE void forward_core(const Lanes<T>& g, Data& a, int64_t n_positions, T eps, T log_eps, bool residual) {
+  using Vec = Vectorized<T>;
+  const int64_t N = kN > 0 ? kN : n_positions;
+  const int64_t c = g.count;
   const Vec zero(T(0)), one(T(1)), minus_inf(-std::numeric_limits<T>::infinity());
+  const Vec keep_x(residual ? T(1) : T(0));  // out = x * w + x * keep_x
   // mean and unbiased variance over the valid positions; 0 with fewer than two
-  Vec n = Vec(T(N)), sum = zero;
+  Vec n = Vec(T(N)), sum[2] = {zero, zero}, cnt[2] = {zero, zero};
   if constexpr (kMasked) {
-    n = zero;
-    for (int64_t i = 0; i < N; i++) {
+    over_positions(N, [&](int64_t i, int k) {
       const Vec m = g.valid(i);
-      n = n + m;
-      sum = sum + Vec::blendv(zero, load(x + i * s, c), m > zero);  // NaN or inf padding stays out
-    }
+      cnt[k] = cnt[k] + m;
+      sum[k] = sum[k] + Vec::blendv(zero, a.x_at(i), m > zero);  // NaN or inf padding stays out
+    });
+    n = cnt[0] + cnt[1];
   } else {
-    for (int64_t i = 0; i < N; i++) sum = sum + load(x + i * s, c);
+    over_positions(N, [&](int64_t i, int k) { sum[k] = sum[k] + a.x_at(i); });
   }
-  const Vec mu = sum / at::vec::maximum(n, one);
-  Vec sq = zero;
-  for (int64_t i = 0; i < N; i++) {
-    Vec dx = load(x + i * s, c) - mu;
+  const Vec mu = kMasked ? (sum[0] + sum[1]) / at::vec::maximum(n, one) : (sum[0] + sum[1]) * Vec(T(1) / T(N));
+  Vec sq[2] = {zero, zero};
+  over_positions(N, [&](int64_t i, int k) {
+    Vec dx = a.x_at(i) - mu;
     if constexpr (kMasked) dx = Vec::blendv(zero, dx, g.valid(i) > zero);
-    sq = at::vec::fmadd(dx, dx, sq);
-  }
-  const Vec v = sq / at::vec::maximum(n - one, one) + Vec(eps);
-  const Vec alpha = (zero - g.A) / v, mub = mu + g.b;
+    sq[k] = at::vec::fmadd(dx, dx, sq[k]);
+  });
+  const Vec v = kMasked ? (sq[0] + sq[1]) / at::vec::maximum(n - one, one) + Vec(eps)
+                        : at::vec::fmadd(sq[0] + sq[1], Vec(T(1) / T(std::max<int64_t>(N - 1, 1))), Vec(eps));
+  const Vec inv_v = one / v;
+  const Vec alpha = (zero - g.A) * inv_v, mub = mu + g.b;
   // log p = alpha d^2 + top with d = x - mu - b and top = -R / v - K; since
   // alpha d^2 <= 0 the log-sum-exp needs no shift beyond top
-  Vec sumt = zero;
-  for (int64_t i = 0; i < N; i++) {
-    const Vec d = load(x + i * s, c) - mub;
+  Vec st[2] = {zero, zero};
+  over_positions(N, [&](int64_t i, int k) {
+    const Vec d = a.x_at(i) - mub;
     Vec t = vexp(alpha * d * d);
     if constexpr (kMasked) t = Vec::blendv(zero, t, g.valid(i) > zero);
-    store(t, w + i * s, c);
-    sumt = sumt + t;
-  }
+    a.put_w(i, t);
+    st[k] = st[k] + t;
+  });
+  Vec sumt = st[0] + st[1];
   Vec shift = zero;
   const Vec low = (sumt < Vec(kUnderflow<T>)) & (n > zero);
-  if (any_lane(low, c)) {
+  if (C10_UNLIKELY(any_lane(low, c))) {
     // A slice's sum is tiny or 0 although it has valid positions (small c,
     // many Gaussians): shift those slices by their largest alpha d^2, so that
     // their largest term is exactly exp(0) = 1.
     Vec top = minus_inf;
     for (int64_t i = 0; i < N; i++) {
-      const Vec d = load(x + i * s, c) - mub;
+      const Vec d = a.x_at(i) - mub;
       Vec e = alpha * d * d;
       if constexpr (kMasked) e = Vec::blendv(minus_inf, e, g.valid(i) > zero);
       top = at::vec::maximum(top, e);
@@ -226,17 +295,17 @@ void forward_lanes(const Lanes<T>& g, const T* x, T* out, T* w, int64_t N, T eps
     shift = Vec::blendv(zero, top, low & (top > minus_inf));
     sumt = zero;
     for (int64_t i = 0; i < N; i++) {
-      const Vec d = load(x + i * s, c) - mub;
+      const Vec d = a.x_at(i) - mub;
       Vec t = vexp(alpha * d * d - shift);
       if constexpr (kMasked) t = Vec::blendv(zero, t, g.valid(i) > zero);
-      store(t, w + i * s, c);
+      a.put_w(i, t);
       sumt = sumt + t;
     }
   }
   // w = t exp(top + shift - max(logsumexp, log eps)) with logsumexp = top +
   // shift + log sum. With r = log eps - top - shift the clamp is inactive
   // when sum > exp(r), and then w = t / sum; else w = t exp(-r).
-  const Vec r = Vec(log_eps) - (shift - g.K - g.R / v);
+  const Vec r = Vec(log_eps) - (shift - g.K - g.R * inv_v);
   const Vec e = vexp(zero - r.abs());  // exp(-|r|)
   const Vec rpos = r > zero;
   const Vec active = Vec::blendv(sumt > e, sumt * e > one, rpos);  // the clamp is inactive
@@ -246,66 +315,67 @@ void forward_lanes(const Lanes<T>& g, const T* x, T* out, T* w, int64_t N, T eps
   store(v, g.var, c);
   store(shift, g.shift, c);
   store(Vec::blendv(zero - scale, scale, active), g.scale, c);  // < 0: the clamp is active
-  const bool keep_w = w != out;
+  const bool keep_w = a.keep_w;
   for (int64_t i = 0; i < N; i++) {
-    const Vec xi = load(x + i * s, c), wq = load(w + i * s, c) * scale;
+    const Vec xi = a.x_at(i), wq = a.w_at(i) * scale;
     Vec o;
     if constexpr (kMasked) {
       const Vec ok = g.valid(i) > zero;
-      const Vec xz = Vec::blendv(zero, xi, ok);
-      o = Vec::blendv(xi, residual ? at::vec::fmadd(xz, wq, xi) : xz * wq, ok);  // invalid: x unchanged
+      o = Vec::blendv(xi, at::vec::fmadd(Vec::blendv(zero, xi, ok), wq, xi * keep_x), ok);  // invalid: x unchanged
     } else {
-      o = residual ? at::vec::fmadd(xi, wq, xi) : xi * wq;
+      o = at::vec::fmadd(xi, wq, xi * keep_x);
     }
-    if (keep_w) store(wq, w + i * s, c);
-    store(o, out + i * s, c);
+    if (keep_w) a.put_w(i, wq);
+    a.put_out(i, o);
   }
 }
 
-// dL/dx (when gx is not null) for one vector of slices, and each lane's share
-// of the head sums: (S2 / v, S0 / v, S0, gmu) in sums[0..3]. The derivation
-// is in functional._GaussianProduct.backward. `scratch` holds N * V weights.
-template <typename T, bool kMasked>
-void backward_lanes(const Lanes<T>& g, const T* gout, const T* x, T* gx, T* scratch, int64_t N, bool residual,
-                    Vectorized<T> sums[4]) {
+// dL/dx (into a's out, unless need_gx is false) for one vector of slices, and
+// each lane's share of the head sums: (S2 / v, S0 / v, S0, gmu) in sums[0..3].
+// The derivation is in functional._GaussianProduct.backward.
+template <typename T, bool kMasked, int kN, typename Data>
+C10_ALWAYS_INLINE void backward_core(const Lanes<T>& g, Data& a, int64_t n_positions, bool residual, bool need_gx,
+                                     Vectorized<T> sums[4]) {
   using Vec = Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  const int64_t c = g.count, s = g.stride;
-  const Vec zero(T(0)), one(T(1));
-  const Vec v = load(g.var, c), signed_scale = load(g.scale, c);
-  const Vec mub = load(g.mean, c) + g.b, alpha = (zero - g.A) / v, shift = load(g.shift, c);
+  const int64_t N = kN > 0 ? kN : n_positions;
+  const int64_t c = g.count;
+  const Vec zero(T(0)), one(T(1)), keep_g(residual ? T(1) : T(0));
+  const Vec v = load(g.var, c), signed_scale = load(g.scale, c), inv_v = one / v;
+  const Vec mub = load(g.mean, c) + g.b, alpha = (zero - g.A) * inv_v, shift = load(g.shift, c);
   const Vec sc = signed_scale.abs(), inactive = signed_scale > zero;  // inactive: the clamp is
   // S = sum of u = dL/dw * w = gout x w (w is 0 at invalid positions)
-  Vec n = Vec(T(N)), S = zero;
-  if constexpr (kMasked) n = zero;
-  for (int64_t i = 0; i < N; i++) {
-    const Vec xi = load(x + i * s, c), d = xi - mub;
+  Vec n = Vec(T(N)), Sk[2] = {zero, zero}, cnt[2] = {zero, zero};
+  over_positions(N, [&](int64_t i, int k) {
+    const Vec xi = a.x_at(i), d = xi - mub;
     Vec wi = vexp(alpha * d * d - shift) * sc, xz = xi;
     if constexpr (kMasked) {
       const Vec m = g.valid(i);
-      n = n + m;
+      cnt[k] = cnt[k] + m;
       wi = Vec::blendv(zero, wi, m > zero);
       xz = Vec::blendv(zero, xi, m > zero);
     }
-    wi.store(scratch + i * V);
-    S = at::vec::fmadd(load(gout + i * s, c) * wi, xz, S);
-  }
+    a.put_w(i, wi);
+    Sk[k] = at::vec::fmadd(a.g_at(i) * wi, xz, Sk[k]);
+  });
+  if constexpr (kMasked) n = cnt[0] + cnt[1];
+  const Vec S = Sk[0] + Sk[1];
   // ge = dL/d(log p) = w (gout x - c0), with c0 = S where the clamp is inactive, else 0
   const Vec c0 = Vec::blendv(zero, S, inactive);
-  Vec S1 = zero, S2 = zero;
-  for (int64_t i = 0; i < N; i++) {
-    const Vec xi = load(x + i * s, c);
+  Vec S1k[2] = {zero, zero}, S2k[2] = {zero, zero};
+  over_positions(N, [&](int64_t i, int k) {
+    const Vec xi = a.x_at(i);
     Vec xz = xi, d = xi - mub;
     if constexpr (kMasked) {
       const Vec ok = g.valid(i) > zero;
       xz = Vec::blendv(zero, xi, ok);
       d = Vec::blendv(zero, d, ok);
     }
-    const Vec ged = (load(gout + i * s, c) * xz - c0) * Vec::loadu(scratch + i * V) * d;
-    S1 = S1 + ged;
-    S2 = at::vec::fmadd(ged, d, S2);
-  }
-  const Vec inv_v = one / v, S0 = Vec::blendv(S, zero, inactive), two_alpha = alpha + alpha;
+    const Vec ged = (a.g_at(i) * xz - c0) * a.w_at(i) * d;
+    S1k[k] = S1k[k] + ged;
+    S2k[k] = at::vec::fmadd(ged, d, S2k[k]);
+  });
+  const Vec S1 = S1k[0] + S1k[1], S2 = S2k[0] + S2k[1];
+  const Vec S0 = Vec::blendv(S, zero, inactive), two_alpha = alpha + alpha;
   const Vec gv = (g.A * S2 + g.R * S0) * inv_v * inv_v;  // dL/dv
   const Vec gmu = (zero - two_alpha) * S1;                 // dL/dmu per slice, also dL/db
   Vec beta1;
@@ -314,25 +384,42 @@ void backward_lanes(const Lanes<T>& g, const T* gout, const T* x, T* gx, T* scra
   } else {
     beta1 = N > 1 ? gv * Vec(T(2) / T(N - 1)) : zero;
   }
-  const Vec beta0 = at::vec::fmadd(beta1, g.b, gmu / at::vec::maximum(n, one));
+  const Vec beta0 = at::vec::fmadd(beta1, g.b, kMasked ? gmu / at::vec::maximum(n, one) : gmu * Vec(T(1) / T(N)));
   sums[0] = S2 * inv_v, sums[1] = S0 * inv_v, sums[2] = S0, sums[3] = gmu;
-  if (gx == nullptr) return;
+  if (!need_gx) return;
   // gx = gout w + 2 alpha ge d + beta1 d + beta0 (+ gout); gout at invalid positions
   for (int64_t i = 0; i < N; i++) {
-    const Vec xi = load(x + i * s, c), gi = load(gout + i * s, c), wi = Vec::loadu(scratch + i * V);
-    Vec xz = xi;
-    Vec ok;
+    const Vec xi = a.x_at(i), gi = a.g_at(i), wi = a.w_at(i);
+    Vec xz = xi, ok;
     if constexpr (kMasked) {
       ok = g.valid(i) > zero;
       xz = Vec::blendv(zero, xi, ok);
     }
     const Vec d = xz - mub;
     const Vec ge = (gi * xz - c0) * wi;
-    Vec r = at::vec::fmadd(two_alpha * ge + beta1, d, at::vec::fmadd(gi, wi, beta0));
-    if (residual) r = r + gi;
+    Vec r = at::vec::fmadd(two_alpha * ge + beta1, d, at::vec::fmadd(gi, wi + keep_g, beta0));
     if constexpr (kMasked) r = Vec::blendv(gi, r, ok);
-    store(r, gx + i * s, c);
+    a.put_out(i, r);
   }
+}
+
+// forward_core / backward_core on data in memory, with N fixed at compile time where it is 8 or 16 (no mask).
+template <typename T, bool kMasked>
+GAA_FLATTEN void forward_vector(const Lanes<T>& g, InMemory<T>& a, int64_t N, T eps, T log_eps, bool residual) {
+  if constexpr (!kMasked) {
+    if (N == 8) return forward_core<T, false, 8>(g, a, N, eps, log_eps, residual);
+    if (N == 16) return forward_core<T, false, 16>(g, a, N, eps, log_eps, residual);
+  }
+  forward_core<T, kMasked, 0>(g, a, N, eps, log_eps, residual);
+}
+
+template <typename T, bool kMasked>
+GAA_FLATTEN void backward_vector(const Lanes<T>& g, InMemory<T>& a, int64_t N, bool residual, bool need_gx, Vectorized<T> sums[4]) {
+  if constexpr (!kMasked) {
+    if (N == 8) return backward_core<T, false, 8>(g, a, N, residual, need_gx, sums);
+    if (N == 16) return backward_core<T, false, 16>(g, a, N, residual, need_gx, sums);
+  }
+  backward_core<T, kMasked, 0>(g, a, N, residual, need_gx, sums);
 }
 
 // -------------------------------------------------------------- layouts
@@ -346,10 +433,99 @@ struct Layer {
   Heads<T> heads;
 };
 
-// Tiles (Q == 1): TL slices of N values, transposed to position-major.
-inline int64_t tile_lanes(int64_t N, int64_t V) {
-  const int64_t fit = std::max<int64_t>(V, (kTileElems / std::max<int64_t>(N, 1)) / V * V);
-  return std::min<int64_t>(kTile, fit);
+// Three ways through a layer:
+//   kInPlace   Q > 1: the lanes are neighbouring q, read where they are;
+//   kTiles     Q == 1: up to 64 slices transposed into a position-major tile;
+//   kRegisters Q == 1, N of 8 or 16, float32, 8 lanes, no mask: 8 slices at
+//              a time in a block on the stack, N known at compile time.
+enum class Path { kInPlace, kTiles, kRegisters };
+
+// How a layer's work is cut: `items` groups of `lanes` slices, `per_chunk` to a chunk.
+struct Plan {
+  Path path;
+  int64_t lanes;  // slices per item: along q (in place), per tile, or per register block
+  int64_t per_q;  // items per (p, h), in place
+  int64_t items, per_chunk, chunks;
+};
+
+template <typename T>
+Plan plan_of(const Layer<T>& ly) {
+  constexpr int64_t V = Vectorized<T>::size();
+  Plan pl{};
+  pl.per_q = 1;
+  if (ly.Q > 1) {
+    pl.path = Path::kInPlace;
+    pl.lanes = kTile;
+    pl.per_q = (ly.Q + kTile - 1) / kTile;
+  } else if (std::is_same_v<T, float> && V == 8 && ly.mask == nullptr && (ly.N == 8 || ly.N == 16)) {
+    pl.path = Path::kRegisters;
+    pl.lanes = V;
+  } else {
+    pl.path = Path::kTiles;
+    const int64_t fit = std::max<int64_t>(V, (kTileElems / std::max<int64_t>(ly.N, 1)) / V * V);
+    pl.lanes = std::min<int64_t>(kTile, fit);
+  }
+  pl.items = ly.Q > 1 ? ly.P * ly.H * pl.per_q : (ly.P * ly.H + pl.lanes - 1) / pl.lanes;
+  pl.per_chunk = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, ly.N * pl.lanes));
+  pl.chunks = (pl.items + pl.per_chunk - 1) / pl.per_chunk;
+  return pl;
+}
+
+// Q == 1: consecutive slices cycle through the heads, so the lanes of an item
+// whose first slice is of head h0 have the coefficients at [h0][k][lane].
+template <typename T>
+struct Cycle {
+  int64_t lanes = 0;
+  std::vector<T> table;
+
+  Cycle(const Layer<T>& ly, const Plan& pl) {
+    if (ly.Q > 1) return;
+    lanes = pl.lanes;
+    table.resize(ly.H * 4 * lanes);
+    const T* coef[4] = {ly.heads.A.data(), ly.heads.b.data(), ly.heads.R.data(), ly.heads.K.data()};
+    for (int64_t h0 = 0; h0 < ly.H; h0++)
+      for (int k = 0; k < 4; k++)
+        for (int64_t l = 0; l < lanes; l++) table[(h0 * 4 + k) * lanes + l] = coef[k][(h0 + l) % ly.H];
+  }
+  const T* at(int64_t h0, int k) const { return table.data() + (h0 * 4 + k) * lanes; }
+};
+
+// The vector of lanes [v0, v0 + count) of item t: statistics, coefficients and
+// mask. On the in-place path `offset` is set to the data offset of lane v0 and
+// `head` to the item's head; on the others the caller addresses the tile.
+template <typename T>
+C10_ALWAYS_INLINE Lanes<T> lanes_of(const Layer<T>& ly, const Plan& pl, const Cycle<T>& cy, int64_t t, int64_t v0, T* stats,
+                  const T* tile_mask, int64_t* offset, int64_t* head) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t S = ly.P * ly.H * ly.Q;
+  Lanes<T> g{};
+  int64_t k;
+  if (pl.path == Path::kInPlace) {
+    const int64_t ph = pl.per_q == 1 ? t : t / pl.per_q, q0 = (t - ph * pl.per_q) * kTile;
+    const int64_t h = mod_heads(ph, ly.H), p = (ph - h) / ly.H;
+    g.count = std::min(V, std::min(kTile, ly.Q - q0) - v0);
+    g.A = Vec(ly.heads.A[h]), g.b = Vec(ly.heads.b[h]), g.R = Vec(ly.heads.R[h]), g.K = Vec(ly.heads.K[h]);
+    g.mask_stride = ly.Qm;
+    g.mask_per_lane = ly.Qm > 1;
+    g.mask = ly.mask ? ly.mask + ((ly.Pm > 1 ? p : 0) * ly.H + h) * ly.N * ly.Qm + (ly.Qm > 1 ? q0 + v0 : 0) : nullptr;
+    k = ph * ly.Q + q0 + v0;
+    *offset = ph * ly.N * ly.Q + q0 + v0;
+    *head = h;
+  } else {
+    const int64_t s0 = t * pl.lanes, h0 = mod_heads(s0, ly.H);
+    g.count = std::min(V, std::min(pl.lanes, ly.P * ly.H - s0) - v0);
+    g.A = load(cy.at(h0, 0) + v0, g.count), g.b = load(cy.at(h0, 1) + v0, g.count);
+    g.R = load(cy.at(h0, 2) + v0, g.count), g.K = load(cy.at(h0, 3) + v0, g.count);
+    g.mask_stride = pl.lanes;
+    g.mask_per_lane = true;
+    g.mask = tile_mask ? tile_mask + v0 : nullptr;
+    k = s0 + v0;
+    *offset = v0;
+    *head = mod_heads(h0 + v0, ly.H);  // of the first lane; the next lanes follow cyclically
+  }
+  g.mean = stats + k, g.var = stats + S + k, g.shift = stats + 2 * S + k, g.scale = stats + 3 * S + k;
+  return g;
 }
 
 // dst[i * ld + l] = src[l * N + i] for l < L, i < N (8 x 8 blocks where they fit).
@@ -380,73 +556,10 @@ void tile_to_rows(const T* src, int64_t ld, int64_t L, int64_t N, T* dst) {
     for (int64_t i = 0; i < N; i++) dst[l * N + i] = src[i * ld + l];
 }
 
-// How a layer's work is cut: `items` groups of slices, `per_chunk` to a chunk.
-struct Plan {
-  int64_t lanes;  // slices per item: along q (Q > 1) or per tile (Q == 1)
-  int64_t per_q;  // items per (p, h) when Q > 1
-  int64_t items, per_chunk, chunks;
-};
-
+// dst[i * dst_stride + l] = src[i * src_stride + l] for i < N, l < count.
 template <typename T>
-Plan plan_of(const Layer<T>& ly) {
-  constexpr int64_t V = Vectorized<T>::size();
-  Plan pl{};
-  if (ly.Q > 1) {
-    pl.lanes = kTile;
-    pl.per_q = (ly.Q + kTile - 1) / kTile;
-    pl.items = ly.P * ly.H * pl.per_q;
-  } else {
-    pl.lanes = tile_lanes(ly.N, V);
-    pl.per_q = 1;
-    pl.items = (ly.P * ly.H + pl.lanes - 1) / pl.lanes;
-  }
-  pl.per_chunk = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, ly.N * pl.lanes));
-  pl.chunks = (pl.items + pl.per_chunk - 1) / pl.per_chunk;
-  return pl;
-}
-
-// Calls f(lanes, v0) for each vector of slices of item t; `lanes` is filled
-// with the vector's geometry. Tiles (Q == 1) are addressed in the scratch
-// `tile_mask` (the mask, transposed) and at stats index s0 + v0.
-template <typename T, typename F>
-void for_each_vector(const Layer<T>& ly, const Plan& pl, int64_t t, T* stats, const T* tile_mask, F&& f) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  const int64_t S = ly.P * ly.H * ly.Q;
-  Lanes<T> g{};
-  if (ly.Q > 1) {
-    const int64_t ph = t / pl.per_q, q0 = (t % pl.per_q) * kTile, p = ph / ly.H, h = ph % ly.H;
-    const int64_t lanes = std::min(kTile, ly.Q - q0);
-    g.stride = ly.Q;
-    g.mask_stride = ly.Qm;
-    g.mask_per_lane = ly.Qm > 1;
-    g.A = Vec(ly.heads.A[h]), g.b = Vec(ly.heads.b[h]), g.R = Vec(ly.heads.R[h]), g.K = Vec(ly.heads.K[h]);
-    for (int64_t v0 = 0; v0 < lanes; v0 += V) {
-      const int64_t k = ph * ly.Q + q0 + v0;
-      g.count = std::min(V, lanes - v0);
-      g.mean = stats + k, g.var = stats + S + k, g.shift = stats + 2 * S + k, g.scale = stats + 3 * S + k;
-      g.mask = ly.mask ? ly.mask + ((ly.Pm > 1 ? p : 0) * ly.H + h) * ly.N * ly.Qm + (ly.Qm > 1 ? q0 + v0 : 0) : nullptr;
-      f(g, ph * ly.N * ly.Q + q0 + v0, h);
-    }
-  } else {
-    const int64_t s0 = t * pl.lanes, lanes = std::min(pl.lanes, ly.P * ly.H - s0);
-    T A[kTile], b[kTile], R[kTile], K[kTile];
-    for (int64_t l = 0; l < lanes; l++) {
-      const int64_t h = (s0 + l) % ly.H;
-      A[l] = ly.heads.A[h], b[l] = ly.heads.b[h], R[l] = ly.heads.R[h], K[l] = ly.heads.K[h];
-    }
-    g.stride = pl.lanes;
-    g.mask_stride = pl.lanes;
-    g.mask_per_lane = true;
-    for (int64_t v0 = 0; v0 < lanes; v0 += V) {
-      const int64_t k = s0 + v0;
-      g.count = std::min(V, lanes - v0);
-      g.mean = stats + k, g.var = stats + S + k, g.shift = stats + 2 * S + k, g.scale = stats + 3 * S + k;
-      g.A = load(A + v0, g.count), g.b = load(b + v0, g.count), g.R = load(R + v0, g.count), g.K = load(K + v0, g.count);
-      g.mask = tile_mask ? tile_mask + v0 : nullptr;
-      f(g, v0, -1);  // offset within the tile; heads vary by lane
-    }
-  }
+void copy_lanes(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t N, int64_t count) {
+  for (int64_t i = 0; i < N; i++) std::copy(src + i * src_stride, src + i * src_stride + count, dst + i * dst_stride);
 }
 
 // The mask of tile t, transposed: dst[i * TL + l] for slice s0 + l.
@@ -459,38 +572,116 @@ void mask_tile(const Layer<T>& ly, const Plan& pl, int64_t t, T* dst) {
   }
 }
 
+// The `lanes` (<= V) rows of kN values at src into the block dst (lane l =
+// row l), through 8 x 8 transposes where float32 has 8 lanes.
+template <typename T, int kN>
+C10_ALWAYS_INLINE void rows_in(const T* src, int64_t lanes, T* dst) {
+  constexpr int64_t V = Vectorized<T>::size();
+  if (lanes == V) {
+    if constexpr (std::is_same_v<T, float> && V == 8 && kN % 8 == 0) {
+      for (int64_t i = 0; i < kN; i += 8) at::vec::transpose_mxn<float, 8, 8>(src + i, kN, dst + i * V, V);
+    } else {
+      rows_to_tile(src, V, kN, dst, V);
+    }
+  } else {  // a last, partial block: zeros in the missing lanes
+    std::fill(dst, dst + kN * V, T(0));
+    for (int64_t l = 0; l < lanes; l++)
+      for (int64_t i = 0; i < kN; i++) dst[i * V + l] = src[l * kN + i];
+  }
+}
+
+// The inverse of rows_in.
+template <typename T, int kN>
+C10_ALWAYS_INLINE void rows_out(const T* src, int64_t lanes, T* dst) {
+  constexpr int64_t V = Vectorized<T>::size();
+  if (lanes == V) {
+    if constexpr (std::is_same_v<T, float> && V == 8 && kN % 8 == 0) {
+      for (int64_t i = 0; i < kN; i += 8) at::vec::transpose_mxn<float, 8, 8>(src + i * V, V, dst + i, kN);
+    } else {
+      tile_to_rows(src, V, V, kN, dst);
+    }
+  } else {
+    for (int64_t l = 0; l < lanes; l++)
+      for (int64_t i = 0; i < kN; i++) dst[l * kN + i] = src[i * V + l];
+  }
+}
+
+template <typename T, int kN>
+GAA_FLATTEN void forward_registers(const Layer<T>& ly, const Plan& pl, const Cycle<T>& cy, int64_t t, const T* x, T* out, T* w,
+                       T* stats, T eps, T log_eps, bool residual) {
+  int64_t offset, head;
+  const Lanes<T> g = lanes_of(ly, pl, cy, t, 0, stats, static_cast<const T*>(nullptr), &offset, &head);
+  const int64_t at = t * pl.lanes * kN;
+  OnStack<T, kN> a;
+  a.keep_w = w != nullptr;
+  rows_in<T, kN>(x + at, g.count, a.x);
+  forward_core<T, false, kN>(g, a, kN, eps, log_eps, residual);
+  rows_out<T, kN>(a.x, g.count, out + at);
+  if (w) rows_out<T, kN>(a.w, g.count, w + at);
+}
+
+template <typename T, int kN>
+GAA_FLATTEN void backward_registers(const Layer<T>& ly, const Plan& pl, const Cycle<T>& cy, int64_t t, const T* gout,
+                        const T* x, T* gx, T* stats, bool residual, Vectorized<T> sums[4]) {
+  int64_t offset, head;
+  const Lanes<T> g = lanes_of(ly, pl, cy, t, 0, stats, static_cast<const T*>(nullptr), &offset, &head);
+  const int64_t at = t * pl.lanes * kN;
+  OnStack<T, kN> a;
+  a.keep_w = false;
+  rows_in<T, kN>(x + at, g.count, a.x);
+  rows_in<T, kN>(gout + at, g.count, a.g);
+  backward_core<T, false, kN>(g, a, kN, residual, gx != nullptr, sums);
+  if (gx) rows_out<T, kN>(a.x, g.count, gx + at);
+}
+
 template <typename T>
 void forward_layer(const Layer<T>& ly, const T* x, T* out, T* w, T* stats, T eps, bool residual) {
+  constexpr int64_t V = Vectorized<T>::size();
   const Plan pl = plan_of(ly);
+  const Cycle<T> cy(ly, pl);
   const T log_eps = eps > 0 ? T(std::log(static_cast<double>(eps))) : -std::numeric_limits<T>::infinity();
   const int64_t N = ly.N;
   at::parallel_for(0, pl.chunks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    const bool tiled = ly.Q == 1;
+    const bool tiled = pl.path == Path::kTiles;
     std::vector<T> xt(tiled ? N * pl.lanes : 0), ot(xt.size()), wt(w ? xt.size() : 0), mt(ly.mask && tiled ? xt.size() : 0);
+    std::vector<T> pad(tiled ? 0 : N * V), pad_w(pad.size()), pad_o(pad.size());
     for (int64_t t = begin * pl.per_chunk; t < std::min(end * pl.per_chunk, pl.items); t++) {
-      if (!tiled) {
-        for_each_vector(ly, pl, t, stats, static_cast<const T*>(nullptr), [&](const Lanes<T>& g, int64_t off, int64_t) {
-          T* scratch = w ? w + off : out + off;
-          if (ly.mask)
-            forward_lanes<T, true>(g, x + off, out + off, scratch, N, eps, log_eps, residual);
-          else
-            forward_lanes<T, false>(g, x + off, out + off, scratch, N, eps, log_eps, residual);
-        });
+      if (pl.path == Path::kRegisters) {
+        if (N == 8) forward_registers<T, 8>(ly, pl, cy, t, x, out, w, stats, eps, log_eps, residual);
+        else forward_registers<T, 16>(ly, pl, cy, t, x, out, w, stats, eps, log_eps, residual);
         continue;
       }
-      const int64_t s0 = t * pl.lanes, lanes = std::min(pl.lanes, ly.P * ly.H - s0);
-      rows_to_tile(x + s0 * N, lanes, N, xt.data(), pl.lanes);
-      if (ly.mask) mask_tile(ly, pl, t, mt.data());
-      T* wscr = w ? wt.data() : ot.data();
-      for_each_vector(ly, pl, t, stats, ly.mask ? static_cast<const T*>(mt.data()) : nullptr, [&](const Lanes<T>& g, int64_t v0, int64_t) {
-        if (ly.mask)
-          forward_lanes<T, true>(g, xt.data() + v0, ot.data() + v0, wscr + v0, N, eps, log_eps, residual);
-        else
-          forward_lanes<T, false>(g, xt.data() + v0, ot.data() + v0, wscr + v0, N, eps, log_eps, residual);
-      });
-      tile_to_rows(ot.data(), pl.lanes, lanes, N, out + s0 * N);
-      if (w) tile_to_rows(wt.data(), pl.lanes, lanes, N, w + s0 * N);
+      const int64_t s0 = t * pl.lanes, lanes = tiled ? std::min(pl.lanes, ly.P * ly.H - s0) : 0;
+      if (tiled) {
+        rows_to_tile(x + s0 * N, lanes, N, xt.data(), pl.lanes);
+        if (ly.mask) mask_tile(ly, pl, t, mt.data());
+      }
+      const int64_t width = tiled ? lanes : std::min(kTile, ly.Q - (t % pl.per_q) * kTile);
+      for (int64_t v0 = 0; v0 < width; v0 += V) {
+        int64_t off, head;
+        const Lanes<T> g = lanes_of(ly, pl, cy, t, v0, stats, ly.mask && tiled ? static_cast<const T*>(mt.data()) : nullptr, &off, &head);
+        const bool partial = !tiled && g.count < V;  // the last lanes of a row: through padded copies
+        if (partial) copy_lanes(x + off, ly.Q, pad.data(), V, N, g.count);
+        InMemory<T> a;
+        if (tiled) {
+          a = {xt.data() + off, nullptr, (w ? wt.data() : ot.data()) + off, ot.data() + off, pl.lanes, pl.lanes, w != nullptr};
+        } else if (partial) {
+          a = {pad.data(), nullptr, pad_w.data(), pad_o.data(), V, V, w != nullptr};
+        } else {
+          a = {x + off, nullptr, (w ? w : out) + off, out + off, ly.Q, ly.Q, w != nullptr};
+        }
+        if (ly.mask) forward_vector<T, true>(g, a, N, eps, log_eps, residual);
+        else forward_vector<T, false>(g, a, N, eps, log_eps, residual);
+        if (partial) {
+          copy_lanes(pad_o.data(), V, out + off, ly.Q, N, g.count);
+          if (w) copy_lanes(pad_w.data(), V, w + off, ly.Q, N, g.count);
+        }
+      }
+      if (tiled) {
+        tile_to_rows(ot.data(), pl.lanes, lanes, N, out + s0 * N);
+        if (w) tile_to_rows(wt.data(), pl.lanes, lanes, N, w + s0 * N);
+      }
     }
   });
 }
@@ -502,42 +693,63 @@ void backward_layer(const Layer<T>& ly, const T* gout, const T* x, const T* stat
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const Plan pl = plan_of(ly);
+  const Cycle<T> cy(ly, pl);
   const int64_t N = ly.N, H = ly.H;
-  T* stats = const_cast<T*>(stats_in);  // read only here; Lanes is shared with the forward
+  T* stats = const_cast<T*>(stats_in);  // only read: Lanes is shared with the forward
   std::vector<double> acc(pl.chunks * 4 * H, 0.0);  // per chunk, so that the sum's order is fixed
   at::parallel_for(0, pl.chunks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    const bool tiled = ly.Q == 1;
+    const bool tiled = pl.path == Path::kTiles;
     std::vector<T> scratch(N * V), gt(tiled ? N * pl.lanes : 0), xt(gt.size()), gxt(gx ? gt.size() : 0),
         mt(ly.mask && tiled ? gt.size() : 0);
+    std::vector<T> pad(tiled ? 0 : N * V), pad_g(pad.size()), pad_o(pad.size());
     T lane_sums[4][V];
+    Vec sums[4];
+    // adds each lane's share to its head's sums
+    auto add = [&](double* into, int64_t count, int64_t head, bool same_head) {
+      for (int j = 0; j < 4; j++) sums[j].store(lane_sums[j]);
+      for (int64_t l = 0, h = head; l < count; l++, h = same_head ? h : (h + 1 == H ? 0 : h + 1))
+        for (int j = 0; j < 4; j++) into[4 * h + j] += double(lane_sums[j][l]);
+    };
     for (int64_t ci = begin; ci < end; ci++) {
-      double* a = acc.data() + ci * 4 * H;
+      double* mine = acc.data() + ci * 4 * H;
       for (int64_t t = ci * pl.per_chunk; t < std::min((ci + 1) * pl.per_chunk, pl.items); t++) {
-        const int64_t s0 = t * pl.lanes;
-        int64_t lanes = 0;
+        if (pl.path == Path::kRegisters) {
+          if (N == 8) backward_registers<T, 8>(ly, pl, cy, t, gout, x, gx, stats, residual, sums);
+          else backward_registers<T, 16>(ly, pl, cy, t, gout, x, gx, stats, residual, sums);
+          const int64_t s0 = t * pl.lanes;
+          add(mine, std::min(pl.lanes, ly.P * H - s0), mod_heads(s0, H), false);
+          continue;
+        }
+        const int64_t s0 = t * pl.lanes, lanes = tiled ? std::min(pl.lanes, ly.P * H - s0) : 0;
         if (tiled) {
-          lanes = std::min(pl.lanes, ly.P * H - s0);
           rows_to_tile(gout + s0 * N, lanes, N, gt.data(), pl.lanes);
           rows_to_tile(x + s0 * N, lanes, N, xt.data(), pl.lanes);
           if (ly.mask) mask_tile(ly, pl, t, mt.data());
         }
-        for_each_vector(ly, pl, t, stats, ly.mask && tiled ? static_cast<const T*>(mt.data()) : nullptr,
-                        [&](const Lanes<T>& g, int64_t off, int64_t head) {
-          Vec sums[4];
-          const T* go = tiled ? gt.data() + off : gout + off;
-          const T* xi = tiled ? xt.data() + off : x + off;
-          T* gxi = gx == nullptr ? nullptr : tiled ? gxt.data() + off : gx + off;
-          if (ly.mask)
-            backward_lanes<T, true>(g, go, xi, gxi, scratch.data(), N, residual, sums);
-          else
-            backward_lanes<T, false>(g, go, xi, gxi, scratch.data(), N, residual, sums);
-          for (int j = 0; j < 4; j++) sums[j].store(lane_sums[j]);
-          for (int64_t l = 0; l < g.count; l++) {
-            const int64_t h = head >= 0 ? head : (s0 + off + l) % H;
-            for (int j = 0; j < 4; j++) a[4 * h + j] += double(lane_sums[j][l]);
+        const int64_t width = tiled ? lanes : std::min(kTile, ly.Q - (t % pl.per_q) * kTile);
+        for (int64_t v0 = 0; v0 < width; v0 += V) {
+          int64_t off, head;
+          const Lanes<T> g = lanes_of(ly, pl, cy, t, v0, stats, ly.mask && tiled ? static_cast<const T*>(mt.data()) : nullptr, &off, &head);
+          // the weights go to a scratch of N vectors (stride V)
+          const bool partial = !tiled && g.count < V;  // the last lanes of a row: through padded copies
+          if (partial) {
+            copy_lanes(x + off, ly.Q, pad.data(), V, N, g.count);
+            copy_lanes(gout + off, ly.Q, pad_g.data(), V, N, g.count);
           }
-        });
+          InMemory<T> a;
+          if (tiled) {
+            a = {xt.data() + off, gt.data() + off, scratch.data(), gx ? gxt.data() + off : nullptr, pl.lanes, V, false};
+          } else if (partial) {
+            a = {pad.data(), pad_g.data(), scratch.data(), pad_o.data(), V, V, false};
+          } else {
+            a = {x + off, gout + off, scratch.data(), gx ? gx + off : nullptr, ly.Q, V, false};
+          }
+          if (ly.mask) backward_vector<T, true>(g, a, N, residual, gx != nullptr, sums);
+          else backward_vector<T, false>(g, a, N, residual, gx != nullptr, sums);
+          if (partial && gx) copy_lanes(pad_o.data(), V, gx + off, ly.Q, N, g.count);
+          add(mine, g.count, head, !tiled);
+        }
         if (tiled && gx) tile_to_rows(gxt.data(), pl.lanes, lanes, N, gx + s0 * N);
       }
     }

@@ -228,8 +228,9 @@ class _GaussianProduct(torch.autograd.Function):
             out = torch.addcmul(xz * w, x, 1.0 - vf)  # invalid positions: x
 
         n_t = n if isinstance(n, Tensor) else None
-        ctx.save_for_backward(xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c)
+        ctx.save_for_backward(xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c, x, m)
         ctx.n = n if isinstance(n, int) else None
+        ctx.eps = eps
         ctx.residual = residual
         ctx.ones = ones
         ctx.traced = traced
@@ -240,10 +241,14 @@ class _GaussianProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout: Optional[Tensor], _gw: Optional[Tensor]):
-        xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c = ctx.saved_tensors
+        xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c, x, m = ctx.saved_tensors
         H = xz.shape[1]
         if gout is None:
             return (None,) * 7
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradient must be differentiable itself, so it
+            # comes from autograd over the plain formula (this backward works in place)
+            return _differentiable_backward(ctx, gout, x, vf, m, c)
         n = ctx.n if ctx.n is not None else n_t
         inv_v = v.reciprocal()  # (P, H, 1, Q)
         two_alpha = (-2.0 * A).view(1, H, 1, 1) * inv_v  # d(log p)/dd = 2 alpha d
@@ -315,6 +320,16 @@ class _GaussianProduct(torch.autograd.Function):
         gm = (gb / A2 - 2.0 * gR * dm).mul_(k)
         gc = (gk / (c * c)).add_(gK).div_(-c)
         return gx, None, None, None, None, gm, gc
+
+
+def _differentiable_backward(ctx, gout: Tensor, x: Tensor, vf: Optional[Tensor], m: Tensor, c: Tensor) -> tuple:
+    """``_GaussianProduct``'s gradients with a graph of their own (double backward)."""
+    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6])
+    wrt = [t for t, wanted in zip((x, m, c), need) if wanted]
+    out, _ = _gaussian_product_autograd(x, vf, ctx.eps, ctx.residual, m, c)
+    found = iter(torch.autograd.grad(out, wrt, gout, create_graph=True, allow_unused=True))
+    gx, gm, gc = (next(found) if wanted else None for wanted in need)
+    return gx, None, None, None, None, gm, gc
 
 
 def _finite_amax(t: Tensor) -> Tensor:

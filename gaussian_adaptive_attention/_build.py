@@ -3,9 +3,9 @@
 Two ways to a compiled library, tried in this order:
 
 1. Install time: ``pip install --no-build-isolation .`` with torch importable
-   builds ``_kernels`` next to this file (``setup.py``) and writes the build's
-   key beside it (``_kernels.key``). It is used only while that key matches the
-   running process (same torch, Python, machine, CPU capability, source, flags).
+   builds ``_kernels_<key>`` next to this file (``setup.py``). It is used only
+   by a process whose key is the same (same torch, Python, machine, CPU
+   capability, source and flags).
 2. Just in time: ``torch.utils.cpp_extension.load`` builds into the cache
    folder, ``$GAA_CACHE_DIR``, else ``$XDG_CACHE_HOME/gaussian_adaptive_attention``,
    else ``~/.cache/gaussian_adaptive_attention`` (without a home folder:
@@ -38,7 +38,7 @@ from typing import Iterator, Optional
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-PREBUILT = "_kernels"  # setup.py's extension: gaussian_adaptive_attention/_kernels<EXT_SUFFIX>
+PREBUILT = "_kernels"  # setup.py's extension: gaussian_adaptive_attention/_kernels_<key><EXT_SUFFIX>
 
 
 class BuildError(Exception):
@@ -146,13 +146,12 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def prebuilt(key: str) -> Optional[Path]:
-    """The install-time build, where there is one and its key matches this process."""
+    """The install-time build for this process's key, where there is one."""
     here = Path(__file__).parent
-    keyfile = here / f"{PREBUILT}.key"
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        library = here / f"{PREBUILT}{suffix}"
-        if library.is_file() and keyfile.is_file():
-            return library if keyfile.read_text().strip() == key else None
+        library = here / f"{PREBUILT}_{key}{suffix}"
+        if library.is_file():
+            return library
     return None
 
 

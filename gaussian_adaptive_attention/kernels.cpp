@@ -12,7 +12,7 @@
 //
 // Layout: a layer sees x as (P, H, N, Q), contiguous; a slice is x[p, h, :, q].
 // Offsets and scales are (H, G). ``stats`` is (4, P, H, Q): each slice's mean,
-// variance + eps, shift and signed scale (see forward_lanes). The optional 0/1
+// variance + eps, shift and signed scale (see forward_core). The optional 0/1
 // mask is (Pm, H, N, Qm) with Pm in {1, P} and Qm in {1, Q}.
 //
 // Vectorisation runs across slices, one slice per vector lane: a vector holds
@@ -21,7 +21,11 @@
 // taken through every pass while its statistics sit in registers:
 //   Q > 1:  the lanes are V neighbouring q of one (p, h), in place (stride Q);
 //   Q == 1: slices are contiguous rows, so a tile of up to 64 of them is
-//           transposed into a scratch (position-major) first, and back after.
+//           transposed into a scratch (position-major) first, and back after;
+//           rows of 8 or 16 (float32) go 8 at a time through a block on the
+//           stack, with N known at compile time (see Path).
+// The maths of a vector of slices is written once (forward_core,
+// backward_core) over an accessor for where its data lives.
 // Portable through ATen's Vectorized<T> (AVX2, AVX-512, NEON, or plain loops,
 // by the CPU_CAPABILITY it is compiled for) and at::parallel_for (PyTorch's
 // thread pool: torch.set_num_threads applies). Work is cut into chunks whose

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from attention_oracle import block_params, oracle_block  # noqa: E402
 
-from gaussian_adaptive_attention import GaussianBlock  # noqa: E402
+from gaussian_adaptive_attention import GaussianBlock, fused_kernels_available  # noqa: E402
 
 SHAPES = {
     "seed": ((10, 128), 1),
@@ -173,8 +173,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     else:
         grid = SENSIBLE_GRID
 
+    fused = "fused CPU kernels" if fused_kernels_available() else "PyTorch path (fused CPU kernels off or unavailable)"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU, {args.clock} clock, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU, {fused}, {args.clock} clock, "
         f"median of {args.repeats} interleaved rounds of >= {args.min_time}s loops; times in ms"
     )
     header = "| shape | axis | H | G | L | mode | ours fwd | ours f+b | oracle f+b | LN f+b | LN-last f+b | orc/ours | ours/LN |"

@@ -16,13 +16,13 @@ Gaussians in one pass (see ``functional.py``).
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from . import native
-from .functional import _GaussianProductNative, gaussian_mixture_attention, gaussian_product_attention
+from . import _fused
+from .functional import gaussian_mixture_attention, gaussian_product_attention
 
 __all__ = ["GaussianAdaptiveAttention", "MultiHeadGaussianAdaptiveAttention"]
 
@@ -100,6 +100,35 @@ def validity_mask(x: Tensor, mask: Optional[Tensor], padding_value: Optional[flo
     return valid
 
 
+def attend_layers(
+    x: Tensor, layers: Sequence["_HeadAttention"], valid: Optional[Tensor], residual: bool, need_w: bool
+) -> tuple[Tensor, list[Optional[Tensor]]]:
+    """Apply ``layers`` in turn, each on the previous one's output: ``(out, [w_0, ...])``.
+
+    The one place that chooses between the fused CPU kernels (``_fused``: the
+    whole chain in one custom op, one node of the autograd graph) and the
+    PyTorch path (layer by layer). The kernels take eager and compiled CPU
+    calls in float32 and float64 in product mode; everything else, and every
+    call while they are switched off or cannot be built, runs in PyTorch.
+
+    Args:
+        x: input of shape (B...), already checked by ``_check_input``.
+        layers: the single- or multi-head modules to apply.
+        valid: None or a bool mask broadcastable to x (True = valid), fixed for all layers.
+        residual: each layer returns ``x + x * w`` instead of ``x * w``.
+        need_w: return each layer's weights (else a list of None).
+    """
+    if _fused.usable(x):
+        fused = [layer._fused_layer(x, valid, residual) for layer in layers]
+        if all(f is not None for f in fused):
+            return _fused.run(x, fused, need_w)
+    ws = []
+    for layer in layers:
+        x, w = layer._attend(x, valid, residual, need_w)
+        ws.append(w)
+    return x, ws
+
+
 class _HeadAttention(nn.Module):
     """What both modules share: the layout change and one call for all heads."""
 
@@ -134,20 +163,18 @@ class _HeadAttention(nn.Module):
             v3 = valid.reshape(vshape).expand(target).reshape(pre, L, post).to(cdtype)  # (P|1, L, Q|1), 0/1
         return (P, H, L // H, Q), L, v3
 
-    def _plan(self, x: Tensor, valid: Optional[Tensor], residual: bool, layout: Optional[tuple] = None) -> Optional[tuple]:
-        """This layer as a step of ``_GaussianProductNative`` (one C call per
-        direction, layout change included); None where the kernels do not take
-        it. The caller has checked ``native.usable(x, None)``; ``layout`` is
-        ``_layout``'s result where the caller already has it."""
-        m = self._params()[0]
-        (P, H, N, Q), L, v3 = layout or self._layout(x, valid, m.shape[0])
-        if L % H or self.mixture or m.dtype != x.dtype or x.numel() == 0:
+    def _fused_layer(self, x: Tensor, valid: Optional[Tensor], residual: bool) -> Optional[_fused.FusedLayer]:
+        """This layer as the fused kernels take it; None where they cannot
+        (mixture mode, heads of unequal length, parameters in another dtype,
+        an empty input)."""
+        m, c, _ = self._params()
+        (P, H, N, Q), L, v3 = self._layout(x, valid, m.shape[0])
+        if L % H or self.mixture or m.dtype != x.dtype or c.dtype != x.dtype or x.numel() == 0:
             return None
-        vg = None if v3 is None else v3.reshape(v3.shape[0], H, N, v3.shape[2]).contiguous()  # (P|1, H, N, Q|1)
-        return (P, H, N, Q), vg, self._head_eps(), residual
+        return _fused.FusedLayer(self.norm_axis % x.dim(), H, residual, v3, self._head_eps(), m, c)
 
     def _attend(self, x: Tensor, valid: Optional[Tensor], residual: bool, need_w: bool) -> tuple[Tensor, Optional[Tensor]]:
-        """Attention over ``norm_axis``; returns ``(out, w)`` shaped like x.
+        """Attention over ``norm_axis`` by PyTorch operations; returns ``(out, w)`` shaped like x.
 
         ``out`` is ``x * w`` (``x + x * w`` when ``residual``) at valid positions
         and ``x`` elsewhere; ``w`` may be None unless ``need_w``. ``x`` must
@@ -155,10 +182,6 @@ class _HeadAttention(nn.Module):
         """
         m, c, logits = self._params()
         layout = self._layout(x, valid, m.shape[0])
-        plan = self._plan(x, valid, residual, layout) if native.usable(x, None) else None
-        if plan is not None:
-            out, *w = _GaussianProductNative.apply(x, (plan,), need_w, m, c)
-            return out, w[0] if need_w else None
         (P, H, chunk, Q), L, v3 = layout
         if x.numel() == 0:  # an empty batch: nothing to normalise
             return x.clone(), torch.zeros_like(x)
@@ -274,7 +297,7 @@ class GaussianAdaptiveAttention(_HeadAttention):
         """
         _check_input(x, self.norm_axis)
         valid = validity_mask(x, mask, self.padding_value)
-        out, w = self._attend(x, valid, residual=False, need_w=return_attention_details)
+        out, (w,) = attend_layers(x, [self], valid, residual=False, need_w=return_attention_details)
         return (out, w) if return_attention_details else out
 
     def extra_repr(self) -> str:
@@ -382,7 +405,7 @@ class MultiHeadGaussianAdaptiveAttention(_HeadAttention):
         """
         _check_input(x, self.norm_axis)
         valid = validity_mask(x, mask, self.padding_value)
-        out, w = self._attend(x, valid, residual=False, need_w=return_attention_details)
+        out, (w,) = attend_layers(x, [self], valid, residual=False, need_w=return_attention_details)
         return (out, w) if return_attention_details else out
 
     def extra_repr(self) -> str:

@@ -31,10 +31,11 @@ sum and gives them weight exactly 0; they come out unchanged. A slice with n
 valid positions uses the unbiased variance over those n; n <= 1 defines the
 variance as 0 (then + eps).
 
-On the CPU in eager mode, for float32 and float64, the product mode runs as
-one C call per direction instead (``_GaussianProductNative``, ``native.py``,
-``kernels.c``); what follows is the PyTorch path, used everywhere else and
-wherever the kernels cannot be built.
+What follows is the PyTorch path. On the CPU, for float32 and float64, the
+modules run the product mode through the fused kernels instead (``kernels.cpp``
+as custom ops, ``_fused.py``; the choice is made in one place,
+``attention.attend_layers``); this path serves everything else, and every call
+where the kernels are switched off or cannot be built.
 
 Two formulations of the product mode share one ``autograd.Function``: the eager
 CPU one shifts the log-sum-exp by the analytic maximum of log p (no extra pass)
@@ -50,8 +51,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
-from . import native
 
 __all__ = [
     "gaussian_product_attention",
@@ -229,8 +228,9 @@ class _GaussianProduct(torch.autograd.Function):
             out = torch.addcmul(xz * w, x, 1.0 - vf)  # invalid positions: x
 
         n_t = n if isinstance(n, Tensor) else None
-        ctx.save_for_backward(xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c)
+        ctx.save_for_backward(xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c, x, m)
         ctx.n = n if isinstance(n, int) else None
+        ctx.eps = eps
         ctx.residual = residual
         ctx.ones = ones
         ctx.traced = traced
@@ -241,10 +241,14 @@ class _GaussianProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout: Optional[Tensor], _gw: Optional[Tensor]):
-        xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c = ctx.saved_tensors
+        xz, w, d, v, active, vf, n_t, k, A, b, dm, R, c, x, m = ctx.saved_tensors
         H = xz.shape[1]
         if gout is None:
             return (None,) * 7
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradient must be differentiable itself, so it
+            # comes from autograd over the plain formula (this backward works in place)
+            return _differentiable_backward(ctx, gout, x, vf, m, c)
         n = ctx.n if ctx.n is not None else n_t
         inv_v = v.reciprocal()  # (P, H, 1, Q)
         two_alpha = (-2.0 * A).view(1, H, 1, 1) * inv_v  # d(log p)/dd = 2 alpha d
@@ -318,50 +322,14 @@ class _GaussianProduct(torch.autograd.Function):
         return gx, None, None, None, None, gm, gc
 
 
-class _GaussianProductNative(torch.autograd.Function):
-    """Product mode through the C kernels of ``native.py``: one call per layer and direction.
-
-    ``apply(x, plans, need_w, m_0, c_0, m_1, c_1, ...)`` runs one or more
-    layers in a chain, each on the previous one's output. ``plans[l]`` is
-    ``(dims, vf, eps, residual)``: ``x.reshape(dims)`` lays the input out as
-    (P, H, N, Q), vf is None or a 0/1 mask (P|1, H, N, Q|1) in x's dtype;
-    ``m_l`` and ``c_l`` are the layer's (H, G) offsets and scales. Returns
-    ``(out, w_0, w_1, ...)``, all shaped like x, or ``(out,)`` without
-    ``need_w``; each layer is what :func:`gaussian_product_attention`
-    computes. However many layers, the chain is one node of the autograd
-    graph, and it keeps only each layer's input and four numbers per slice
-    for the backward pass (the weights are recomputed there).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, plans: tuple, need_w: bool, *params: Tensor):
-        h, saved, ws = x.contiguous(), [], []
-        for l, (dims, vf, eps, residual) in enumerate(plans):
-            m, c = params[2 * l].contiguous(), params[2 * l + 1].contiguous()
-            out, w, stats = native.forward(h, dims, vf, m, c, eps, residual, need_w)  # h laid out as dims: (P, H, N, Q)
-            saved += [h, stats, m, c]
-            if need_w:
-                ws.append(w)
-            h = out
-        ctx.save_for_backward(*saved)
-        ctx.plans = plans
-        ctx.mark_non_differentiable(*ws)
-        ctx.set_materialize_grads(False)
-        return (h, *ws)
-
-    @staticmethod
-    def backward(ctx, gout: Optional[Tensor], *_gw: Optional[Tensor]):
-        n = len(ctx.plans)
-        if gout is None:
-            return (None,) * (3 + 2 * n)
-        saved = ctx.saved_tensors
-        grads: list[Optional[Tensor]] = [None] * (2 * n)
-        for l in reversed(range(n)):
-            x, stats, m, c = saved[4 * l : 4 * l + 4]
-            dims, vf, _, residual = ctx.plans[l]
-            need_gx = l > 0 or ctx.needs_input_grad[0]
-            gout, grads[2 * l], grads[2 * l + 1] = native.backward(gout, x, stats, dims, vf, m, c, residual, need_gx)
-        return (gout, None, None, *grads)
+def _differentiable_backward(ctx, gout: Tensor, x: Tensor, vf: Optional[Tensor], m: Tensor, c: Tensor) -> tuple:
+    """``_GaussianProduct``'s gradients with a graph of their own (double backward)."""
+    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6])
+    wrt = [t for t, wanted in zip((x, m, c), need) if wanted]
+    out, _ = _gaussian_product_autograd(x, vf, ctx.eps, ctx.residual, m, c)
+    found = iter(torch.autograd.grad(out, wrt, gout, create_graph=True, allow_unused=True))
+    gx, gm, gc = (next(found) if wanted else None for wanted in need)
+    return gx, None, None, None, None, gm, gc
 
 
 def _finite_amax(t: Tensor) -> Tensor:
@@ -424,9 +392,6 @@ def gaussian_product_attention(
     """
     assert x.dim() == 4 and mean_offsets.shape[0] == scales.shape[0] == x.shape[1]
     traced = torch.compiler.is_compiling()
-    if not traced and native.usable(x, vf) and mean_offsets.dtype == scales.dtype == x.dtype:
-        vf = None if vf is None else vf.contiguous()
-        return tuple(_GaussianProductNative.apply(x, ((tuple(x.shape), vf, eps, residual),), True, mean_offsets, scales))
     if traced and _COMPILE_PLAIN_FORMULA:
         return _gaussian_product_autograd(x, vf, eps, residual, mean_offsets, scales)
     return _GaussianProduct.apply(x, vf, eps, residual, traced, mean_offsets, scales)

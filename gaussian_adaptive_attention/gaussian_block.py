@@ -10,9 +10,7 @@ from typing import Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from . import native
-from .attention import MultiHeadGaussianAdaptiveAttention, _check_input, _check_positive_int, validity_mask
-from .functional import _GaussianProductNative
+from .attention import MultiHeadGaussianAdaptiveAttention, _check_input, _check_positive_int, attend_layers, validity_mask
 
 __all__ = ["GaussianBlock"]
 
@@ -94,16 +92,7 @@ class GaussianBlock(nn.Module):
         for layer in self.layers:
             _check_input(x, layer.norm_axis)
         valid = validity_mask(x, mask, self.padding_value)  # once, from the block's input
-        plans = [layer._plan(x, valid, residual=True) for layer in self.layers] if native.usable(x, None) else [None]
-        if all(plan is not None for plan in plans):
-            # Every layer in C: the whole chain is one node of the autograd graph.
-            params = [t for layer in self.layers for t in layer._params()[:2]]
-            x, *ws = _GaussianProductNative.apply(x, tuple(plans), return_attention_details, *params)
-        else:
-            ws = []
-            for layer in self.layers:
-                x, w = layer._attend(x, valid, residual=True, need_w=return_attention_details)
-                ws.append(w)
+        x, ws = attend_layers(x, self.layers, valid, residual=True, need_w=return_attention_details)
         if not return_attention_details:
             return x
         return x, {f"layer_{l}": w for l, w in enumerate(ws)}

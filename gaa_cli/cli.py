@@ -258,6 +258,7 @@ def evaluate(
     checkpoint: CheckpointArg,
     data: DataArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the normalised confusion matrix (with counts) and the F1 of each class into this PNG file.")] = None,
     allow_unseen_labels: Annotated[bool, typer.Option(help="Count labels the model never saw as wrong instead of refusing the file.")] = False,
     allow_missing: AllowMissing = False,
     fill: FillOption = None,
@@ -273,12 +274,22 @@ def evaluate(
     with _reported():
         from .inference import evaluate as run_evaluate
         from .inference import load_model
+        from .runs import check_output
 
         loaded = load_model(checkpoint, device)
         _provenance(loaded)
         opts = _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows, label=label)
+        if plot is not None:
+            check_output("png", plot, force=False, option="--plot")
         report, notes = run_evaluate(loaded, data, opts, allow_unseen=allow_unseen_labels)
         _notes(notes)
+        if plot is not None:
+            from . import plots
+
+            try:
+                plots.confusion(report, plot)
+            except GaaError as e:  # no matplotlib: the tables still come
+                _notes([e.message])
         if as_json:  # strict JSON: an undefined metric (no known labels) is null, not NaN
             out.file.write(json.dumps(_finite_or_null(report), allow_nan=False) + "\n")
             return
@@ -343,6 +354,55 @@ def predict(
         frame, notes = run_predict(loaded, data, _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows))
         _notes(notes)
         write_predictions(frame, fmt.value, output, sys.stdout)
+
+
+# --- gaa explain -----------------------------------------------------------------------------------
+
+
+@app.command(epilog="Examples:\n\n  gaa explain runs/first sample_data/gestures_test.parquet\n\n  gaa explain runs/first new.parquet --out explained/")
+def explain(
+    checkpoint: CheckpointArg,
+    data: DataArg,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write importance.parquet, channels.parquet, predictions.parquet and PNG figures here \\[default: a summary on stdout].")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the files of an earlier explanation in --out.")] = False,
+    allow_missing: AllowMissing = False,
+    fill: FillOption = None,
+    skip_empty_rows: SkipEmpty = False,
+    device: DeviceOption = "auto",
+    layout: LayoutOverride = None,
+    id_col: IdOverride = None,
+    time_col: TimeOverride = None,
+    features: FeaturesOverride = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Show what each prediction depends on: an importance for every input step (and every channel), from the network's attention."""
+    with _reported():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from .inference import explain as run_explain
+        from .inference import load_model
+        from .runs import check_explain_dir, explain_summary, write_explanation
+
+        if out_dir is not None:
+            check_explain_dir(out_dir, force)
+        loaded = load_model(checkpoint, device)
+        _provenance(loaded)
+        opts = _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows)
+        with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                      disable=quiet or not err.is_terminal, transient=True) as bar:
+            task = bar.add_task("explain", total=None)
+            result, notes = run_explain(loaded, data, opts, progress=lambda n: bar.update(task, advance=n))
+        _notes(notes)
+        classes = loaded.meta["classes"]
+        if out_dir is not None:
+            _notes(write_explanation(result, out_dir, classes))
+            err.print(f"wrote {len(result.steps)} explanations to {out_dir}", markup=False)
+            return
+        table = Table("class", "sequences", "where in time the model looks (start to end)", *(["top channels"] if result.channels is not None else []),
+                      title=Text(f"gaa explain: {data} ({len(result.steps)} sequences)"), title_justify="left")
+        for row in explain_summary(result, classes):
+            table.add_row(Text(row[0]), str(row[1]), row[2], *([Text(row[3])] if result.channels is not None else []))
+        out.print(table)
 
 
 # --- gaa info --------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ else:  # pragma: no cover
 
 from .errors import UsageError
 
-__all__ = ["AXES", "ModelConfig", "TrainConfig", "DataShape", "option", "options_of", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate", "parse_duration"]
+__all__ = ["AXES", "ATTENTIONS", "ModelConfig", "TrainConfig", "DataShape", "option", "options_of", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate", "parse_duration"]
 
 AXES = ("time", "features", "both")
+ATTENTIONS = ("gaussian", "dot")
 MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
 TARGET_STEPS = 1000  # optimiser steps of a default run
 DEFAULT_WIDTH = 64  # channels of the convolutional stem
@@ -51,6 +52,8 @@ class ModelConfig:
     gaa_heads: int = option(1, "Heads per GaussianBlock layer \\[default: 1].", "Model")
     gaa_gaussians: int = option(2, "Gaussians per head \\[default: 2].", "Model")
     gaa_axes: str = option("time", "What the GaussianBlock normalises over \\[default: time].", "Model", choices=AXES)
+    attention: str = option("gaussian", "The attention over the stem's steps: gaussian (a GaussianBlock) or dot (torch.nn.MultiheadAttention, "
+                            "standard dot-product self-attention, for comparison) \\[default: gaussian].", "Model", choices=ATTENTIONS)
     gaa_mixture: bool = option(False, "Mixture of Gaussians instead of their product \\[default: product].", "Model", flag="--gaa-mixture/--gaa-product")
     dropout: float = option(0.0, "Dropout before the head \\[default: 0].", "Model")
     ridge_features: int | None = option(
@@ -157,6 +160,10 @@ def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | Non
             raise bad(name, v, f"an integer from {lo} to {hi}")
     if model.gaa_axes not in AXES:
         raise bad("gaa_axes", model.gaa_axes, "time, features or both")
+    if model.attention not in ATTENTIONS:
+        raise bad("attention", model.attention, "gaussian or dot")
+    if model.attention == "dot" and model.gaa_axes != "time":
+        raise bad("gaa_axes", model.gaa_axes, "time with --attention dot (dot-product attention runs over time)")
     width = model.width if model.width is not None else DEFAULT_WIDTH
     if model.gaa_layers and model.gaa_heads > width:
         raise bad("gaa_heads", model.gaa_heads, f"at most the stem's width ({width}): each head takes a group of its channels")

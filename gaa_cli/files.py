@@ -32,6 +32,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except OSError as e:
         raise UsageError(f"{folder}: cannot write a file here ({e.strerror}); choose another output path") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file would be (mkstemp makes it private)
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,13 +13,14 @@ import torch
 from . import checkpoint as ckpt_io
 from .data import ReadOptions, Schema, SequenceData, load
 from .device import resolve_device
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, UsageError
 from .files import holder
 from .metrics import classification_report
 from .model import MIN_LENGTH, SequenceClassifier
-from .tensors import encode_labels, predict_proba, to_tensors
+from .explain import explain_batch
+from .tensors import encode_labels, length_batches, predict_proba, to_tensors
 
-__all__ = ["ROW_ID", "Loaded", "load_model", "info", "evaluate", "predict"]
+__all__ = ["ROW_ID", "Loaded", "Explained", "load_model", "info", "evaluate", "predict", "explain"]
 
 ROW_ID = "series_id"  # the id column of outputs for data without one: each sample's 0-based position in the file
 
@@ -150,3 +152,63 @@ def predict(loaded: Loaded, data_path: Path, opts: ReadOptions | None = None) ->
     for i, c in enumerate(classes):
         cols[f"prob_{c}"] = probs[:, i]
     return pd.DataFrame(cols), list(data.notes)
+
+
+@dataclass
+class Explained:
+    """What `explain` found, one entry per sequence (rows skipped by --skip-empty-rows left out), in input order."""
+
+    id_col: str  # the data's id column, or ROW_ID
+    ids: np.ndarray  # (N,)
+    predicted: list[str]
+    probability: np.ndarray  # (N,) of the predicted class
+    steps: list[np.ndarray]  # importance of each input step, ordered by the time column; each sums to 1
+    channels: np.ndarray | None  # (N, C) importance of each input column, rows summing to 1; None for one channel
+    channel_names: list[str]
+    values: list[np.ndarray]  # the input values (L_i, C), in the file's units, for figures
+    network_weight: float  # the network's share of each prediction (the ridge has no map)
+
+
+def explain(loaded: Loaded, data_path: Path, opts: ReadOptions | None = None, batch_size: int = 64,
+            progress: Callable[[int], None] = lambda n: None) -> tuple[Explained, list[str]]:
+    """Importance of every input step (and column) of every sequence in a file (see explain.py); (result, notes).
+
+    Batches are formed by length and explained one at a time, so that memory follows a batch, and
+    `progress(n)` is told of every n sequences done."""
+    opts = opts or ReadOptions()
+    model = loaded.model
+    ridge = model.ridge is not None and model.ridge.fitted
+    weight = float(model.blend) if ridge else 1.0
+    if weight == 0.0:
+        raise UsageError(f"{loaded.path}: this model is its ridge half alone (the network never validated better), and the ridge "
+                         f"has no attention to explain; explain {loaded.path.parent / 'last.safetensors'} to see the network, "
+                         "or train with --ridge-features 0")
+    data = _read(loaded, data_path, False, opts)
+    kept = data.lengths > 0
+    ids = (data.ids if data.ids is not None else np.arange(len(kept)))[kept]  # no ids: the 0-based row in the file
+    data = data.subset(kept)
+    t = to_tensors(data, loaded.meta["normalization"], None, opts.fill)
+    lengths = t.mask.sum(1)
+    n = len(lengths)
+    steps: list[np.ndarray] = [np.zeros(0)] * n
+    channels = np.zeros((n, t.x.shape[2]), dtype=np.float32) if t.x.shape[2] > 1 else None
+    probs = np.zeros((n, len(loaded.meta["classes"])), dtype=np.float32)
+    for idx in length_batches(lengths, batch_size):
+        width = int(lengths[idx].max())
+        e = explain_batch(model, t.x[idx, :width].to(loaded.device), t.mask[idx, :width].to(loaded.device))
+        probs[idx.numpy()] = e.probs.cpu().numpy()
+        for row, i in enumerate(idx.tolist()):
+            steps[i] = e.steps[row, : int(lengths[i])].cpu().numpy()
+        if channels is not None:
+            channels[idx.numpy()] = e.channels.cpu().numpy()
+        progress(len(idx))
+    classes = loaded.meta["classes"]
+    values = [data.x[i, : int(data.lengths[i])] for i in range(n)]
+    names = data.channel_names() if data.schema.layout != "wide" else ["value"]
+    result = Explained(data.schema.id_col or ROW_ID, ids, [classes[k] for k in probs.argmax(1)], probs.max(1), steps, channels,
+                       names, values, weight)
+    notes = list(data.notes)
+    if weight < 1.0:
+        notes.append(f"the maps explain the network, which carries {weight:.0%} of each prediction; the ridge half, "
+                     f"{1 - weight:.0%}, has no attention to map")
+    return result, notes

@@ -56,11 +56,12 @@ class SequenceClassifier(nn.Module):
         self.stem = nn.ModuleList(ConvLayer(w, w, k, dilation=2 ** (i + 1)) for i in range(cfg.stem_layers))
         axes = {"time": [1], "features": [2], "both": [1, 2]}[cfg.gaa_axes]
         n = cfg.gaa_layers
-        self.gaa = (
-            GaussianBlock([axes[i % len(axes)] for i in range(n)], [cfg.gaa_heads] * n, [cfg.gaa_gaussians] * n, n, mixture=cfg.gaa_mixture)
-            if n > 0
-            else None  # the ablation: identity instead of the block
-        )
+        if n == 0:
+            self.gaa = None  # the ablation: identity instead of the block
+        elif cfg.attention == "dot":  # the paper's comparison: dot-product self-attention in the same place, same width
+            self.gaa = nn.ModuleList(nn.MultiheadAttention(w, cfg.gaa_heads, batch_first=True) for _ in range(n))
+        else:
+            self.gaa = GaussianBlock([axes[i % len(axes)] for i in range(n)], [cfg.gaa_heads] * n, [cfg.gaa_gaussians] * n, n, mixture=cfg.gaa_mixture)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * w, n_classes)
         self.ridge = RandomFeatureRidge(cfg.ridge_features, cfg.ridge_length or 1, channels, n_classes) if cfg.ridge_features else None
@@ -75,6 +76,11 @@ class SequenceClassifier(nn.Module):
         """
         b, t, w = h.shape
         heads = self.cfg.gaa_heads
+        if self.cfg.attention == "dot":
+            for layer in self.gaa:
+                out, _ = layer(h, h, h, key_padding_mask=~valid[:, :, 0], need_weights=False)  # (B, T', W)
+                h = torch.where(valid, out + h, h)
+            return h
         for layer in self.gaa.layers:
             if layer.norm_axis == 1:  # over time
                 z = h.reshape(b, t, heads, w // heads).transpose(1, 2).reshape(b, heads * t, w // heads)  # (B, H*T', W/H)
@@ -85,22 +91,33 @@ class SequenceClassifier(nn.Module):
             h = torch.where(valid, out + h, h)  # the block's residual; padded steps pass through
         return h
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, C), mask: (B, T) bool
+    def per_step(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, C), (B, T) -> (P, m): the pooled features of every stem step, P (B, T', 2W), whose sum over
+        time is what the head sees, and the stem's validity mask m (B, T').
+
+        The first W features are the step's share of the mean over time, h / n; the other W what the attention
+        adds at that step (gaa(h) - h, which is h * w for one layer over time; divided by n over features). So
+        the logits are exactly sum_t head(P[:, t]) + bias: explain.py decomposes them step by step.
+        """
         mask = mask[:, :: self.cfg.stride]  # (B, T')
         keep = mask[:, None, :].to(x.dtype)  # (B, 1, T')
         h = self.inp(x.transpose(1, 2), keep)  # (B, W, T')
         for layer in self.stem:
             h = layer(h, keep)
-        h = h.transpose(1, 2)  # (B, T', W)
-        n = mask.sum(1, keepdim=True).clamp_min(1).to(h.dtype)  # (B, 1)
-        mean = h.sum(1) / n  # (B, W); padded steps are 0
+        h = h.transpose(1, 2)  # (B, T', W); padded steps are 0
+        n = mask.sum(1).clamp_min(1).to(h.dtype)[:, None, None]  # (B, 1, 1)
         if self.gaa is not None:
             added = self.attend(h, mask[:, :, None]) - h  # (B, T', W), 0 at padded steps
-            att = added.sum(1) if self.cfg.gaa_axes != "features" else added.sum(1) / n  # (B, W)
+            if self.cfg.gaa_axes == "features":
+                added = added / n
         else:
-            att = torch.zeros_like(mean)
-        return self.head(self.drop(torch.cat([mean, att], dim=1)))  # (B, K)
+            added = torch.zeros_like(h)
+        return torch.cat([h / n, added], dim=2), mask  # (B, T', 2W)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, C), mask: (B, T) bool -> logits (B, K)
+        per_step, _ = self.per_step(x, mask)
+        return self.head(self.drop(per_step.sum(1)))
 
     def probabilities(self, x: torch.Tensor, mask: torch.Tensor, part: str = "both") -> torch.Tensor:
         """(B, T, C), (B, T) -> class probabilities (B, K).

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from . import checkpoint as ckpt_io
@@ -21,9 +22,9 @@ from .model import MIN_LENGTH
 from .tensors import FILLS, check_channels, fingerprint
 from .train import TrainResult, fit
 
-__all__ = ["TrainRequest", "run_training", "check_output", "write_predictions"]
+__all__ = ["TrainRequest", "run_training", "check_output", "write_predictions", "check_explain_dir", "write_explanation", "explain_summary"]
 
-RUN_FILES = (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.toml")
+RUN_FILES = (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.toml", "curves.png")
 
 
 @dataclass
@@ -99,8 +100,24 @@ def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Call
             notes(val.notes)
         sources = {"data": str(req.data.resolve()), "val": str(req.val.resolve()) if req.val else "", "allow_missing": str(opts.allow_missing),
                    "fill": opts.fill, "skip_empty": str(opts.skip_empty)}
-        return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources, fill=opts.fill,
-                   replaces=replaced, notes=notes, started=req.started)
+        result = fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources, fill=opts.fill,
+                     replaces=replaced, notes=notes, started=req.started)
+        notes(_draw_curves(result))
+        return result
+
+
+def _draw_curves(result: TrainResult) -> list[str]:
+    """RUN_DIR/curves.png: loss and validation metrics per epoch, the ridge's leave-one-out accuracy as a line."""
+    import json
+
+    from . import plots
+
+    history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    try:
+        plots.curves(history, result.ridge, result.run_dir / "curves.png")
+    except UsageError as e:  # no matplotlib: everything else is written
+        return [f"{e.message}; skipped {result.run_dir / 'curves.png'}"]
+    return []
 
 
 def _loaded(data: SequenceData) -> SequenceData:
@@ -164,18 +181,20 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
             notes(val.notes)
         loop = ck.meta["resume"]["loop"]
         notes([f"resuming {run_dir} at epoch {loop['epoch'] + 1}, step {loop['step'] + 1}"])
-        return fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources, fill=fill,
-                   notes=notes, started=req.started)
+        result = fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources, fill=fill,
+                     notes=notes, started=req.started)
+        notes(_draw_curves(result))
+        return result
 
 
-def check_output(fmt: str, output: Path | None, force: bool) -> None:
+def check_output(fmt: str, output: Path | None, force: bool, option: str = "--output") -> None:
     """Refuse an output that cannot be written, or that exists and may not be replaced, before any work."""
     if fmt == "parquet" and output is None:
-        raise UsageError("--format parquet writes binary data; pass --output FILE.parquet")
+        raise UsageError(f"--format parquet writes binary data; pass {option} FILE.parquet")
     if output is not None and output.is_dir():
-        raise UsageError(f"{output}: is a folder; give --output a file name, e.g. {output / ('predictions.' + fmt)}")
+        raise UsageError(f"{output}: is a folder; give {option} a file name, e.g. {output / ('predictions.' + fmt)}")
     if output is not None and output.exists() and not force:
-        raise UsageError(f"{output}: already exists; pass --force to overwrite it or choose another --output")
+        raise UsageError(f"{output}: already exists; {'pass --force to overwrite it or ' if option == '--output' else ''}choose another {option}")
 
 
 def write_predictions(frame: pd.DataFrame, fmt: str, output: Path | None, stdout: IO[str]) -> None:
@@ -194,3 +213,73 @@ def write_predictions(frame: pd.DataFrame, fmt: str, output: Path | None, stdout
         stdout.flush()
     else:
         atomic_write_text(output, buf.getvalue())
+
+
+EXPLAIN_FILES = ("importance.parquet", "channels.parquet", "predictions.parquet", "importance_by_class.png", "examples.png")
+PROFILE_BINS = 100  # parts of a sequence's length that class profiles are averaged over
+
+
+def check_explain_dir(out: Path, force: bool) -> None:
+    """Refuse an output folder that would overwrite a previous explanation, before any work."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder; give --out a folder name")
+    taken = [name for name in EXPLAIN_FILES if (out / name).exists()]
+    if taken and not force:
+        raise UsageError(f"{out}: already holds {', '.join(taken)}; pass --force to replace them or choose another --out")
+
+
+def write_explanation(e: Any, out: Path, classes: list[str]) -> list[str]:
+    """The tables and figures of `gaa explain --out`, each written atomically; returns notes (a missing matplotlib)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from . import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = [len(s) for s in e.steps]
+    ids = pa.array(list(e.ids))
+    steps = pa.table({e.id_col: pa.array(np.repeat(np.asarray(list(e.ids), dtype=object), lengths).tolist(), ids.type),
+                      "step": pa.array(np.concatenate([np.arange(n) for n in lengths]) if lengths else [], pa.int64()),
+                      "importance": pa.array(np.concatenate(e.steps) if lengths else [], pa.float32())})
+    atomic_write(out / "importance.parquet", lambda tmp: pq.write_table(steps, tmp))
+    if e.channels is not None:
+        c = len(e.channel_names)
+        table = pa.table({e.id_col: pa.array(np.repeat(np.asarray(list(e.ids), dtype=object), c).tolist(), ids.type),
+                          "channel": pa.array(e.channel_names * len(lengths)), "importance": pa.array(e.channels.ravel(), pa.float32())})
+        atomic_write(out / "channels.parquet", lambda tmp: pq.write_table(table, tmp))
+    preds = pa.table({e.id_col: ids, "prediction": pa.array(e.predicted, pa.string()), "probability": pa.array(e.probability, pa.float32())})
+    atomic_write(out / "predictions.parquet", lambda tmp: pq.write_table(preds, tmp))
+    try:
+        plots.require()
+    except UsageError as err:
+        return [f"{err}; wrote the tables only"]
+    profiles = plots.class_profiles(e.steps, e.predicted, classes, PROFILE_BINS)
+    per_class = None
+    if e.channels is not None:
+        per_class = {c: e.channels[[p == c for p in e.predicted]].mean(0) for c in classes if c in e.predicted}
+    plots.importance_by_class(profiles, e.channel_names, per_class, out / "importance_by_class.png")
+    items = []
+    for c in classes:
+        for i in [k for k, p in enumerate(e.predicted) if p == c][:3]:
+            items.append({"class": c, "values": e.values[i], "importance": e.steps[i],
+                          "title": f"{e.id_col} {e.ids[i]}: {c} ({e.probability[i]:.2f})"})
+    if items:
+        plots.examples(items, e.channel_names, out / "examples.png")
+    return []
+
+
+def explain_summary(e: Any, classes: list[str], bins: int = 24) -> list[tuple[str, int, str, str]]:
+    """Per predicted class: (class, sequences, a sparkline of mean importance over the length, top channels)."""
+    from .plots import class_profiles
+
+    ticks = "▁▂▃▄▅▆▇█"
+    rows = []
+    for c, prof in class_profiles(e.steps, e.predicted, classes, bins).items():
+        scaled = (prof - prof.min()) / (np.ptp(prof) or 1.0)
+        line = "".join(ticks[min(len(ticks) - 1, int(v * len(ticks)))] for v in scaled)
+        top = ""
+        if e.channels is not None:
+            share = e.channels[[p == c for p in e.predicted]].mean(0)
+            top = ", ".join(f"{e.channel_names[k]} {share[k]:.0%}" for k in np.argsort(-share)[:3])
+        rows.append((c, sum(p == c for p in e.predicted), line, top))
+    return rows

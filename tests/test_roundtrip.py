@@ -135,6 +135,7 @@ def model_configs(draw):
         width=8 * heads, stride=draw(st.integers(1, 3)), stem_layers=draw(st.integers(0, 2)), kernel_size=draw(st.sampled_from([3, 5])),
         gaa_layers=draw(st.integers(0, 2)), gaa_heads=heads, gaa_gaussians=draw(st.integers(1, 3)), gaa_axes=axes,
         gaa_mixture=draw(st.booleans()), ridge_features=draw(st.sampled_from([0, 200])),
+        attention=draw(st.sampled_from(["gaussian", "dot"])) if axes == "time" else "gaussian",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,15 +11,15 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt_io
-from .data import ReadOptions, Schema, SequenceData, load
+from .data import CHUNK_BYTES, ReadOptions, Schema, SequenceData, SequenceStream, chunk_rows_from_env
 from .device import resolve_device
 from .errors import CheckpointError, DataError
 from .files import holder
-from .metrics import classification_report
+from .metrics import Scores
 from .model import MIN_LENGTH, SequenceClassifier
 from .tensors import encode_labels, predict_proba, to_tensors
 
-__all__ = ["ROW_ID", "Loaded", "load_model", "evaluate", "predict"]
+__all__ = ["ROW_ID", "Loaded", "load_model", "evaluate", "prediction_frame", "predict_frames", "predict"]
 
 ROW_ID = "series_id"  # the id column of outputs for data without one: each sample's 0-based position in the file
 
@@ -66,10 +67,14 @@ def load_model(path: Path, device: str = "auto") -> Loaded:
     return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev, notes, warnings)
 
 
-def _read(loaded: Loaded, data_path: Path, need_labels: bool, opts: ReadOptions) -> SequenceData:
-    # load() refuses a wide file without every time-step column of the schema, so T always matches
-    return load(data_path, schema=loaded.schema, **opts.roles(), need_labels=need_labels, allow_missing=opts.allow_missing,
-                min_length=MIN_LENGTH, skip_empty=opts.skip_empty)
+def _stream(loaded: Loaded, source: Path | object, need_labels: bool, opts: ReadOptions, name: str | None = None) -> SequenceStream:
+    """The sequences of `source` (a file, read in chunks of about CHUNK_BYTES or $GAA_CHUNK_ROWS rows; or a table in
+    memory, read whole) as the checkpoint's schema says."""
+    rows = chunk_rows_from_env()
+    # the schema refuses a wide file without every time-step column of the model, so T always matches
+    return SequenceStream(source, schema=loaded.schema, **opts.roles(), need_labels=need_labels, allow_missing=opts.allow_missing,
+                          min_length=MIN_LENGTH, skip_empty=opts.skip_empty, chunk_rows=rows,
+                          chunk_bytes=CHUNK_BYTES if rows is None else None, name=name)
 
 
 def _probs(loaded: Loaded, data: SequenceData, opts: ReadOptions) -> np.ndarray:
@@ -77,45 +82,85 @@ def _probs(loaded: Loaded, data: SequenceData, opts: ReadOptions) -> np.ndarray:
     kept = data.lengths > 0
     probs = np.full((len(kept), len(loaded.meta["classes"])), np.nan, dtype=np.float32)
     if kept.any():
-        probs[kept] = predict_proba(loaded.model, to_tensors(data.subset(kept), loaded.meta["normalization"], None, opts.fill), loaded.device)
+        data = data if kept.all() else data.subset(kept)
+        probs[kept] = predict_proba(loaded.model, to_tensors(data, loaded.meta["normalization"], None, opts.fill), loaded.device)
     return probs
 
 
-def evaluate(loaded: Loaded, data_path: Path, opts: ReadOptions | None = None, *, allow_unseen: bool = False) -> tuple[dict, list[str]]:
-    """Metrics of the checkpoint on a labelled file; returns (report, notes for stderr)."""
+def evaluate(loaded: Loaded, data_path: Path | object, opts: ReadOptions | None = None, *, allow_unseen: bool = False,
+             name: str | None = None) -> tuple[dict, list[str]]:
+    """Metrics of the checkpoint on labelled data (a file, read chunk by chunk, or a table in memory); returns
+    (report, notes for stderr). The scores are summed over the chunks: the report is the whole file's."""
     opts = opts or ReadOptions()
-    data = _read(loaded, data_path, True, opts)
-    data = data.subset(data.lengths > 0)  # rows skipped by --skip-empty-rows have nothing to score
+    stream = _stream(loaded, data_path, True, opts, name)
     classes = loaded.meta["classes"]
-    y = encode_labels(data.labels, classes)
-    notes = list(data.notes)
-    unseen = np.flatnonzero(y < 0)
-    if len(unseen):
-        values = sorted({repr(v) for v in data.labels[unseen]})
-        what = f"{len(unseen)} sample(s) have label(s) the model never saw ({', '.join(values[:5])}{', ...' if len(values) > 5 else ''})"
+    scores = Scores(len(classes))
+    unseen, unseen_values = 0, set()
+    for data in stream:
+        data = data if data.lengths.all() else data.subset(data.lengths > 0)  # rows skipped by --skip-empty-rows have nothing to score
+        y = encode_labels(data.labels, classes)
+        new = np.flatnonzero(y < 0)
+        if len(new):
+            unseen += len(new)
+            unseen_values |= {repr(v) for v in pd.unique(data.labels[new])}
+            unseen_values = set(sorted(unseen_values)[:6])  # the message shows five, and whether there are more
+        if unseen and not allow_unseen:
+            continue  # the file is refused: read on only to count what the message says
+        scores.add(y, _probs(loaded, data, opts))
+    notes = list(stream.notes)
+    if unseen:
+        values = sorted(unseen_values)
+        what = f"{unseen} sample(s) have label(s) the model never saw ({', '.join(values[:5])}{', ...' if len(values) > 5 else ''})"
         if not allow_unseen:
-            raise DataError(f"{data_path}: {what}; the model knows {', '.join(map(repr, classes[:10]))}. Pass --allow-unseen-labels to count them as wrong")
-        notes.append(f"{data_path}: {what}; counted as wrong and left out of the log loss and confusion matrix")
-    report = classification_report(y, _probs(loaded, data, opts), classes)
+            raise DataError(f"{data_path if stream.is_file else stream.name}: {what}; the model knows {', '.join(map(repr, classes[:10]))}. "
+                            "Pass --allow-unseen-labels to count them as wrong", notes=notes)
+        notes.append(f"{data_path if stream.is_file else stream.name}: {what}; counted as wrong and left out of the log loss and confusion matrix")
+    report = scores.report(classes)
     report["checkpoint"] = str(loaded.path)
-    report["data"] = str(data_path)
+    report["data"] = str(data_path) if stream.is_file else stream.name
     return report, notes
 
 
-def predict(loaded: Loaded, data_path: Path, opts: ReadOptions | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """One row per sample, in input order: the id (or ROW_ID), prediction, prob_<label> per class.
-    A row left out by --skip-empty-rows keeps its place and id, with empty prediction fields."""
-    opts = opts or ReadOptions()
-    data = _read(loaded, data_path, False, opts)
-    probs = _probs(loaded, data, opts)
+def prediction_frame(loaded: Loaded, data: SequenceData, probs: np.ndarray, first: int = 0) -> pd.DataFrame:
+    """One row per sample of a chunk: the id (or ROW_ID: the sample's 0-based position in the whole input, which
+    starts at `first` for this chunk), prediction, prob_<label> per class. A row left out by --skip-empty-rows
+    keeps its place and id, with empty prediction fields."""
     classes = loaded.meta["classes"]
     cols: dict[str, object] = {}
     if data.ids is not None:
         cols[data.schema.id_col] = data.ids
     else:  # no id column: the row's 0-based position, so that every prediction can be joined back
-        cols[ROW_ID] = np.arange(len(probs))
+        cols[ROW_ID] = np.arange(first, first + len(probs))
     kept = data.lengths > 0
-    cols["prediction"] = np.array([classes[i] if k else None for i, k in zip(probs.argmax(1) if len(probs) else [], kept)], dtype=object)
+    names = np.empty(len(classes) + 1, dtype=object)
+    names[:-1], names[-1] = classes, None
+    cols["prediction"] = names[np.where(kept, probs.argmax(1) if len(probs) else 0, len(classes))]
     for i, c in enumerate(classes):
         cols[f"prob_{c}"] = probs[:, i]
-    return pd.DataFrame(cols), list(data.notes)
+    return pd.DataFrame(cols)
+
+
+def predict_frames(loaded: Loaded, data_path: Path | object, opts: ReadOptions | None = None, *,
+                   name: str | None = None) -> tuple[Iterator[pd.DataFrame], list[str]]:
+    """Predictions chunk by chunk, in input order (see `prediction_frame`), and the notes for stderr, which are
+    complete once the frames have all been taken. Reading options are checked at once; the data as it is read."""
+    opts = opts or ReadOptions()
+    stream = _stream(loaded, data_path, False, opts, name)
+    notes: list[str] = []
+
+    def frames() -> Iterator[pd.DataFrame]:
+        first = 0
+        for data in stream:
+            probs = _probs(loaded, data, opts)
+            yield prediction_frame(loaded, data, probs, first)
+            first += len(probs)
+        notes.extend(stream.notes)
+
+    return frames(), notes
+
+
+def predict(loaded: Loaded, data_path: Path | object, opts: ReadOptions | None = None, *, name: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """`predict_frames`, gathered into one frame."""
+    frames, notes = predict_frames(loaded, data_path, opts, name=name)
+    chunks = list(frames)
+    return (chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)), notes

@@ -345,15 +345,15 @@ def predict(
     """Predict a label and class probabilities for every sample, in input order. Needs no label column."""
     with _reported():
         from .inference import load_model
-        from .inference import predict as run_predict
+        from .inference import predict_frames as run_predict
         from .runs import check_output, write_predictions
 
         check_output(fmt.value, output, force)
         loaded = load_model(checkpoint, device)
         _provenance(loaded)
-        frame, notes = run_predict(loaded, data, _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows))
+        frames, notes = run_predict(loaded, data, _read_options(layout, id_col, time_col, features, allow_missing, fill, skip_empty_rows))
+        write_predictions(frames, fmt.value, output, sys.stdout)  # chunk by chunk, as the data is read
         _notes(notes)
-        write_predictions(frame, fmt.value, output, sys.stdout)
 
 
 # --- gaa explain -----------------------------------------------------------------------------------

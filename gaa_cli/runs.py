@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, load_toml, merge, validate
 from .data import ReadOptions, Schema, SequenceData, load
 from .device import resolve_device
 from .errors import CheckpointError, DataError, UsageError
-from .files import RunLock, atomic_write, atomic_write_text
+from .files import RunLock, atomic_write
 from .model import MIN_LENGTH
 from .tensors import FILLS, check_channels, fingerprint
 from .train import TrainResult, fit
@@ -197,22 +199,53 @@ def check_output(fmt: str, output: Path | None, force: bool, option: str = "--ou
         raise UsageError(f"{output}: already exists; {'pass --force to overwrite it or ' if option == '--output' else ''}choose another {option}")
 
 
-def write_predictions(frame: pd.DataFrame, fmt: str, output: Path | None, stdout: IO[str]) -> None:
-    """CSV or JSON lines to stdout or a file; Parquet to a file. Files are written atomically."""
+def write_predictions(frames: pd.DataFrame | Iterable[pd.DataFrame], fmt: str, output: Path | None, stdout: IO[str]) -> None:
+    """CSV or JSON lines to stdout or a file; Parquet to a file. Files are written atomically.
+
+    `frames` is one frame or the chunks of one (see inference.predict_frames), written as they come: the output
+    is the same either way. To stdout, the chunks before a failing one are already written; to a file, nothing is.
+    """
+    chunks = iter([frames] if isinstance(frames, pd.DataFrame) else frames)
     if fmt == "parquet":
         assert output is not None
-        atomic_write(output, lambda tmp: frame.to_parquet(tmp, engine="pyarrow", index=False))
+        atomic_write(output, lambda tmp: _write_parquet(chunks, tmp))
         return
-    buf = io.StringIO()
-    if fmt == "csv":
-        frame.to_csv(buf, index=False)
-    else:
-        frame.to_json(buf, orient="records", lines=True, force_ascii=False)
     if output is None:
-        stdout.write(buf.getvalue())
+        _write_text(chunks, fmt, stdout)
         stdout.flush()
     else:
-        atomic_write_text(output, buf.getvalue())
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                _write_text(chunks, fmt, f)
+
+        atomic_write(output, write)
+
+
+def _write_text(chunks: Iterator[pd.DataFrame], fmt: str, out: IO[str]) -> None:
+    for i, frame in enumerate(chunks):
+        buf = io.StringIO()
+        if fmt == "csv":
+            frame.to_csv(buf, index=False, header=i == 0)
+        else:
+            frame.to_json(buf, orient="records", lines=True, force_ascii=False)
+        out.write(buf.getvalue())
+
+
+def _write_parquet(chunks: Iterator[pd.DataFrame], path: Path) -> None:
+    writer, schema = None, None
+    try:
+        for frame in chunks:
+            if writer is None:
+                # text columns as strings whatever a chunk holds (a chunk of skipped rows has no prediction at all)
+                schema = pa.Schema.from_pandas(frame, preserve_index=False)
+                for i, col in enumerate(schema):
+                    if col.type in (pa.null(), pa.string()) or pd.api.types.is_object_dtype(frame[col.name].dtype):
+                        schema = schema.set(i, col.with_type(pa.large_string()))
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 EXPLAIN_FILES = ("importance.parquet", "channels.parquet", "predictions.parquet", "importance_by_class.png", "examples.png")
@@ -230,9 +263,6 @@ def check_explain_dir(out: Path, force: bool) -> None:
 
 def write_explanation(e: Any, out: Path, classes: list[str]) -> list[str]:
     """The tables and figures of `gaa explain --out`, each written atomically; returns notes (a missing matplotlib)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from . import plots
 
     out.mkdir(parents=True, exist_ok=True)

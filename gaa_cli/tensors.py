@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .data import SequenceData
@@ -32,6 +33,8 @@ class Tensors:
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> Tensors:
         idx = torch.as_tensor(idx)
+        if len(idx) == len(self.x) and bool((idx == torch.arange(len(idx))).all()):
+            return self  # every sample in order: no copy
         return Tensors(self.x[idx], self.mask[idx], None if self.y is None else self.y[idx])
 
 
@@ -40,10 +43,15 @@ def plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _all_text(labels: np.ndarray) -> bool:
+    return pd.api.types.infer_dtype(labels, skipna=False) in ("string", "empty")
+
+
 def class_list(labels: np.ndarray) -> list[str]:
     """The distinct labels (text) in the order of a checkpoint's classes: by number where every label reads as
     one (`2` before `10`, and `01` beside `1` but apart from it), else alphabetically."""
-    classes = sorted({str(v) for v in labels})
+    distinct = pd.unique(labels) if _all_text(labels) else labels  # each distinct label once, not once a row
+    classes = sorted({str(v) for v in distinct})
     try:
         numbers = {c: float(c) for c in classes}
     except ValueError:
@@ -54,7 +62,11 @@ def class_list(labels: np.ndarray) -> list[str]:
 def encode_labels(labels: np.ndarray, classes: list) -> np.ndarray:
     """(N,) class indices into `classes`; -1 for a label not among them."""
     index = {repr(c): i for i, c in enumerate(classes)}
-    return np.array([index.get(repr(plain(v)), -1) for v in labels], dtype=np.int64)
+    if not _all_text(labels):  # mixed kinds: 1, 1.0 and True hash alike, so each is looked up by its own spelling
+        return np.array([index.get(repr(plain(v)), -1) for v in labels], dtype=np.int64)
+    codes, uniques = pd.factorize(labels)
+    known = np.array([index.get(repr(u), -1) for u in uniques], dtype=np.int64)
+    return known[codes] if len(known) else np.zeros(0, dtype=np.int64)
 
 
 def check_channels(data: SequenceData) -> None:
@@ -67,12 +79,31 @@ def check_channels(data: SequenceData) -> None:
         raise DataError(f"{data.source}: {what} empty in every row; fill it in or leave it out with --features")
 
 
+def _blocks(n: int, per_row: int, values: int = 1 << 21) -> list[slice]:
+    """Row blocks of about `values` values: float64 temporaries stay a few megabytes whatever the data's size."""
+    step = max(1, values // max(1, per_row))
+    return [slice(a, min(n, a + step)) for a in range(0, n, step)]
+
+
 def fit_normalization(data: SequenceData) -> dict[str, list[float]]:
     """Per-channel mean and standard deviation over the real (non-padded, non-missing) steps (see check_channels)."""
-    valid = np.arange(data.x.shape[1])[None, :] < data.lengths[:, None]  # (N, T)
-    values = data.x[valid].astype(np.float64)  # (steps, C); float64: the variance of large float32 values overflows
-    mean = np.nanmean(values, axis=0)
-    std = np.nanstd(values, axis=0)
+    n, t, c = data.x.shape
+    count, total, squares = np.zeros(c), np.zeros(c), np.zeros(c)  # float64: the variance of large float32 values overflows
+    blocks = _blocks(n, t * c)
+    for pass_ in (0, 1):
+        mean = total / np.maximum(count, 1)
+        for b in blocks:
+            valid = np.arange(t)[None, :] < data.lengths[b, None]  # (n, T)
+            values = data.x[b][valid].astype(np.float64)  # (steps, C)
+            nan = np.isnan(values)
+            if pass_ == 0:
+                count += (~nan).sum(axis=0)
+                total += np.where(nan, 0.0, values).sum(axis=0)
+            else:
+                squares += np.where(nan, 0.0, values - mean).__pow__(2).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / count, np.nan)
+        std = np.sqrt(squares / count)
     std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
     return {"mean": np.nan_to_num(mean).tolist(), "std": std.tolist()}
 
@@ -110,17 +141,34 @@ def fill_gaps(x: np.ndarray, lengths: np.ndarray, method: str) -> np.ndarray:
     return x
 
 
-def to_tensors(data: SequenceData, norm: dict[str, list[float]], classes: list | None, fill: str = "mean") -> Tensors:
+def to_tensors(data: SequenceData, norm: dict[str, list[float]], classes: list | None, fill: str = "mean",
+               rows: np.ndarray | None = None) -> Tensors:
+    """Normalised float32 tensors of the sequences (of those at `rows`, in that order, when given), computed a
+    block of rows at a time so that only the result is the data's size."""
     mean = np.asarray(norm["mean"], dtype=np.float64)
     std = np.asarray(norm["std"], dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = (fill_gaps(data.x, data.lengths, fill) - mean) / std  # (N, T, C), in float64 so that large values do not overflow
-        x = np.clip(x, -CLIP, CLIP)
-    mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]  # (N, T)
-    x = np.where(mask[:, :, None] & ~np.isnan(x), x, 0.0).astype(np.float32)  # missing -> the training mean
+    pick = (lambda b: b) if rows is None else (lambda b: rows[b])  # noqa: E731
+    n = len(data.x) if rows is None else len(rows)
+    steps = data.x.shape[1]
+    x = np.empty((n, steps, data.x.shape[2]), dtype=np.float32)  # (N, T, C)
+    mask = np.empty((n, steps), dtype=bool)  # (N, T)
+    for b in _blocks(n, x[0].size if n else 1):
+        lengths = data.lengths[pick(b)]
+        xb = fill_gaps(data.x[pick(b)], lengths, fill).astype(np.float64)  # float64, so that large values do not overflow
+        with np.errstate(over="ignore", invalid="ignore"):
+            xb -= mean
+            xb /= std
+            np.clip(xb, -CLIP, CLIP, out=xb)
+        mb = np.arange(steps)[None, :] < lengths[:, None]
+        if not mb.all():
+            xb[~mb] = 0.0  # padded steps
+        if np.isnan(xb).any():
+            xb[np.isnan(xb)] = 0.0  # missing -> the training mean
+        mask[b] = mb
+        x[b] = xb
     y = None
     if classes is not None and data.labels is not None:
-        y = torch.from_numpy(encode_labels(data.labels, classes))
+        y = torch.from_numpy(encode_labels(data.labels if rows is None else data.labels[rows], classes))
     return Tensors(torch.from_numpy(x), torch.from_numpy(mask), y)
 
 

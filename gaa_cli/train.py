@@ -44,7 +44,7 @@ from .errors import Interrupted, Terminated, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 from .progress import TrainProgress
-from .tensors import Tensors, class_list, fingerprint, fit_normalization, predict_proba, to_tensors
+from .tensors import Tensors, class_list, encode_labels, fingerprint, fit_normalization, predict_proba, to_tensors
 
 REFRESH_SAMPLES = 512  # training samples that BatchNorm's statistics are re-estimated from (see refresh_batchnorm)
 SAVE_EVERY_S = 10.0  # the last checkpoint and metrics.jsonl are rewritten at most this often (and at the end); $GAA_SAVE_EVERY_S
@@ -136,15 +136,16 @@ def prepare(
     model_cfg, train_cfg = resolve(model_cfg, train_cfg, shape)
     device = resolve_device(train_cfg.device)
 
-    every = to_tensors(data, norm, classes, fill)
+    y = encode_labels(data.labels, classes)
     val = None
-    train_idx = np.arange(len(every))
+    train_idx = np.arange(len(y))
     if val_data is not None:
         val = to_tensors(val_data, norm, classes, fill)
     elif train_cfg.val_split > 0:
-        train_idx, val_idx = _split(every.y.numpy(), train_cfg.val_split, train_cfg.seed)
-        val = every.subset(val_idx) if len(val_idx) else None
-    train = every.subset(train_idx)
+        train_idx, val_idx = _split(y, train_cfg.val_split, train_cfg.seed)
+        val = to_tensors(data, norm, classes, fill, rows=val_idx) if len(val_idx) else None
+    # each split's tensors straight from the data: no tensor of every sample to copy them out of
+    train = to_tensors(data, norm, classes, fill, rows=None if len(train_idx) == len(y) else train_idx)
     meta = {
         "model_config": dataclasses.asdict(model_cfg),
         "train_config": dataclasses.asdict(train_cfg),

@@ -2,7 +2,8 @@
 
 A file (`.csv`, `.csv.gz`, `.parquet`, or a folder of `.parquet` files) holds
 samples in one of three layouts (see `layouts.py`): wide, long or list.
-`load` turns any of them into `SequenceData`: an (N, T, C) float32 array,
+`load` turns any of them into `SequenceData` (`load_frame` does the same for a DataFrame or pyarrow Table in
+memory, and `SequenceStream` reads a file chunk by chunk, in bounded memory, for evaluate and predict): an (N, T, C) float32 array,
 left-aligned and zero-padded, with lengths, labels and ids. Every problem with
 the file is a `DataError` (bad option values: `UsageError`) whose one-line
 message names the file, the column and the row, and says what would fix it.
@@ -13,8 +14,9 @@ ids, time), `layouts` (tables to arrays), `roles` (which column is what),
 `load` (the entry point).
 """
 
-from .load import load
-from .read import read_table
+from .load import SequenceStream, load, load_frame
+from .read import CHUNK_BYTES, chunk_rows_from_env, read_table
 from .schema import LAYOUTS, ReadOptions, Schema, SequenceData
 
-__all__ = ["LAYOUTS", "ReadOptions", "Schema", "SequenceData", "read_table", "load"]
+__all__ = ["LAYOUTS", "CHUNK_BYTES", "ReadOptions", "Schema", "SequenceData", "SequenceStream", "chunk_rows_from_env", "read_table", "load",
+           "load_frame"]

@@ -19,7 +19,7 @@ from .messages import quote, plural
 if TYPE_CHECKING:
     from .read import Table
 
-__all__ = ["NA_STRINGS", "NAME_NA_STRINGS", "FLOAT32_MAX", "missing_mask", "is_plain_numeric", "parse_numbers", "to_float32", "missing_error", "numeric_columns", "text_values", "object_array"]
+__all__ = ["NA_STRINGS", "NAME_NA_STRINGS", "FLOAT32_MAX", "missing_mask", "is_plain_numeric", "parse_numbers", "to_float32", "missing_error", "numeric_columns", "text_values", "text_codes", "na_names", "object_array"]
 
 
 # Number cells holding these strings (any case, blanks around ignored) count as missing.
@@ -37,9 +37,18 @@ def missing_mask(s: pd.Series, na_strings: frozenset = NA_STRINGS) -> np.ndarray
     if s.dtype == object or pd.api.types.is_string_dtype(s.dtype) or isinstance(s.dtype, pd.CategoricalDtype):
         rest = ~m
         if rest.any():
-            txt = s[rest].astype(str).str.strip().str.lower()
-            m[rest] = txt.isin(na_strings).to_numpy(dtype=bool)
+            m[rest] = _na_like(s[rest], na_strings)
     return m
+
+
+def _na_like(s: pd.Series, na_strings: frozenset) -> np.ndarray:
+    """Which (non-null) cells read as one of `na_strings`: each distinct value is looked at once."""
+    try:
+        codes, uniques = pd.factorize(s)
+    except TypeError:  # unhashable cells (lists in an object column): one by one
+        return s.astype(str).str.strip().str.lower().isin(na_strings).to_numpy(dtype=bool)
+    na = np.array([str(u).strip().lower() in na_strings for u in uniques], dtype=bool)
+    return na[codes] if len(na) else np.zeros(len(s), dtype=bool)
 
 
 def is_plain_numeric(dtype) -> bool:
@@ -62,14 +71,18 @@ def parse_numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     except (TypeError, ValueError, OverflowError):
         vals = np.array([_one_float(v) for v in obj], dtype=np.float64)
     # Dates, lists and the like sometimes convert to numbers; they are not numbers to us.
-    odd = obj.map(lambda v: v is not None and not isinstance(v, _NUMBER_LIKE))
-    odd = odd.to_numpy(dtype=bool) & ~missing
+    if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object or pd.api.types.infer_dtype(obj, skipna=True) in _PLAIN_KINDS:
+        odd = np.zeros(len(s), dtype=bool)  # text and numbers only: nothing odd (and no need to look at each cell)
+    else:
+        odd = obj.map(lambda v: v is not None and not isinstance(v, _NUMBER_LIKE)).to_numpy(dtype=bool, copy=True)
+    odd &= ~missing
     vals[odd] = np.nan
     bad = np.isnan(vals) & ~missing
     return vals, bad
 
 
 _NUMBER_LIKE = (str, bytes, int, float, bool, np.number, np.bool_, decimal.Decimal)
+_PLAIN_KINDS = {"string", "bytes", "floating", "integer", "mixed-integer-float", "boolean", "decimal", "empty"}
 
 
 def _one_float(v: object) -> float:
@@ -82,7 +95,7 @@ def _one_float(v: object) -> float:
 def to_float32(vals: np.ndarray, table: Table, col: str, where: Callable[[int], str]) -> np.ndarray:
     """Cast one column's float64 values to float32; inf, or a value too large for float32, is an error."""
     with np.errstate(over="ignore", invalid="ignore"):
-        v32 = vals.astype(np.float32)
+        v32 = vals.astype(np.float32, copy=False)
     inf = np.isinf(v32)
     if inf.any():
         k = int(np.flatnonzero(inf)[0])
@@ -136,15 +149,33 @@ def numeric_columns(
 
 
 def text_values(s: pd.Series) -> np.ndarray:
-    """An object array of the cells as text (labels and ids are names, kept as written).
+    """An object array of the cells as text (labels and ids are names, kept as written); see `text_codes`."""
+    codes, names = text_codes(s)
+    out = names[codes] if len(names) else np.empty(len(codes), dtype=object)
+    out[codes < 0] = None
+    return out
+
+
+def text_codes(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, names): the distinct cells as text (an object array of str, in order of first appearance) and
+    each cell's index into them; -1 for a null cell.
 
     Columns read as text stay exactly as they are; anything else (a column the reader did not know to read
     as text) is cast with pyarrow, the same one way the reader casts Parquet columns: 1.0 -> '1', True -> 'true'.
+    Each distinct name is one Python string, however many rows hold it.
     """
-    values = s.tolist()
-    if not all(isinstance(v, str) for v in values):
-        values = pc.cast(pa.array(values, from_pandas=True), pa.string()).to_pylist()
-    return object_array(values)
+    if not (pd.api.types.is_string_dtype(s.dtype) and (s.dtype != object or pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"))):
+        s = pd.Series(pc.cast(pa.array(s.tolist(), from_pandas=True), pa.string()).to_pylist(), dtype=object)
+    codes, uniques = pd.factorize(s)
+    return codes.astype(np.int64, copy=False), np.asarray(uniques, dtype=object)
+
+
+def na_names(names: np.ndarray, na_strings: frozenset = NAME_NA_STRINGS) -> np.ndarray:
+    """Which of these names (str) read as missing: blank, or one of `na_strings` in any case."""
+    if not len(names):
+        return np.zeros(0, dtype=bool)
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(pa.array(names, pa.string())))
+    return pc.is_in(text, value_set=pa.array(sorted(na_strings), pa.string())).to_numpy(zero_copy_only=False)
 
 
 def object_array(values: list) -> np.ndarray:

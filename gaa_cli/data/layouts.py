@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 
 from ..errors import DataError
 
-from .cells import to_float32, missing_error, numeric_columns, object_array
-from .keys import factorize, read_ids, time_key, labels_per_group
+from .cells import to_float32, missing_error, numeric_columns
+from .keys import Names, read_ids, time_key, labels_per_group
 from .messages import quote, first_line
 from .read import Table, is_list_type
 from .schema import Schema
@@ -26,7 +26,7 @@ __all__ = ["build_wide", "build_long", "csv_has_no_lists", "build_list"]
 
 def build_wide(table: Table, s: Schema, allow_missing: bool, skip_empty: bool = False):
     """A row with no value at all has length 0 when `skip_empty` (the caller skips it), else it is missing data."""
-    ids = read_ids(table, s.id_col) if s.id_col is not None and s.id_col in table.df.columns else None
+    ids = read_ids(table, s.id_col).values() if s.id_col is not None and s.id_col in table.df.columns else None
     if ids is not None:
         where = lambda k: f"{table.row(k)} (id {quote(ids[k])})"  # noqa: E731
     else:
@@ -37,21 +37,25 @@ def build_wide(table: Table, s: Schema, allow_missing: bool, skip_empty: bool = 
     return x, lengths, ids, nmissing, nan_cols
 
 
-def build_long(table: Table, s: Schema, allow_missing: bool, row_labels: np.ndarray | None, label: str | None):
+def build_long(table: Table, s: Schema, allow_missing: bool, row_labels: Names | None, label: str | None):
     name = table.name
-    row_ids = read_ids(table, s.id_col)
-    codes, uniques = factorize(row_ids, table, "id", s.id_col)  # codes in order of first appearance
-    n_ids = len(uniques)
+    id_names = read_ids(table, s.id_col)
+    codes, ids = id_names.codes, id_names.names  # codes in order of first appearance
+    n_ids = len(ids)
     n = len(codes)
     if s.time_col is not None:
         tkey = time_key(table, s.time_col)
-        order = np.lexsort((tkey, codes))  # by id, then time; stable
-        sc, st = codes[order], tkey[order]
-        dup = np.flatnonzero((sc[1:] == sc[:-1]) & (st[1:] == st[:-1]))
+        step = np.diff(codes)
+        if ((step > 0) | ((step == 0) & (np.diff(tkey) > 0))).all():  # already by id, then time (a sorted file)
+            order, dup = np.arange(n), []
+        else:
+            order = np.lexsort((tkey, codes))  # by id, then time; stable
+            sc, st = codes[order], tkey[order]
+            dup = np.flatnonzero((sc[1:] == sc[:-1]) & (st[1:] == st[:-1]))
         if len(dup):
             a, b = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
             raise DataError(
-                f"{name}: id {quote(row_ids[a])} has two rows for time {quote(table.df[s.time_col].iloc[a])} "
+                f"{name}: id {quote(ids[codes[a]])} has two rows for time {quote(table.df[s.time_col].iloc[a])} "
                 f"({table.row(a)} and {table.row(b)}); each (id, time) pair must appear once"
             )
     else:
@@ -61,26 +65,28 @@ def build_long(table: Table, s: Schema, allow_missing: bool, row_labels: np.ndar
             k = int(run_starts[np.argmax(again)])
             prev = int(np.flatnonzero(codes[:k] == codes[k])[-1])
             raise DataError(
-                f"{name}: no time column, and the rows of id {quote(row_ids[k])} are not together "
+                f"{name}: no time column, and the rows of id {quote(ids[codes[k]])} are not together "
                 f"({table.row(prev)}, then again at {table.row(k)}), so the order of its steps is unclear; "
                 "pass --time-col NAME to order them"
             )
         order = np.arange(n)
     lengths = np.bincount(codes, minlength=n_ids).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    first_row = np.unique(codes, return_index=True)[1]
-    ids = object_array(list(uniques))  # factorize of an object array keeps the Python values
+    first_row = np.flatnonzero(np.diff(np.maximum.accumulate(codes), prepend=-1) > 0)  # where each id appears first
 
-    where = lambda k: f"{table.row(k)} (id {quote(row_ids[k])})"  # noqa: E731
+    where = lambda k: f"{table.row(k)} (id {quote(ids[codes[k]])})"  # noqa: E731
     vals, nmissing, nan_cols, _ = numeric_columns(table, s.features, where, allow_missing, "long")
-    sc = codes[order]
-    pos = np.arange(n) - starts[sc]
     x = np.zeros((n_ids, int(lengths.max()), len(s.features)), dtype=np.float32)  # (N, T, C)
-    x[sc, pos] = vals[order]
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]  # (N, T)
+    x[valid] = vals if order is None or _is_identity(order) else vals[order]  # rows by id then time fill the cells in order
     labels = None
     if row_labels is not None:
         labels = labels_per_group(table, label, row_labels, codes, order, starts, first_row, ids)
     return x, lengths, ids, nmissing, nan_cols, labels
+
+
+def _is_identity(order: np.ndarray) -> bool:
+    return bool((order == np.arange(len(order))).all())
 
 
 def csv_has_no_lists(name: str) -> DataError:
@@ -93,7 +99,7 @@ def csv_has_no_lists(name: str) -> DataError:
 def build_list(table: Table, s: Schema, allow_missing: bool, skip_empty: bool = False):
     """A row with no list (a null cell) or empty lists has length 0 when `skip_empty` (the caller skips it)."""
     name = table.name
-    ids = read_ids(table, s.id_col) if s.id_col is not None and s.id_col in table.df.columns else None
+    ids = read_ids(table, s.id_col).values() if s.id_col is not None and s.id_col in table.df.columns else None
 
     def where(k: int) -> str:
         return f"{table.row(k)} (id {quote(ids[k])})" if ids is not None else table.row(k)
@@ -125,8 +131,9 @@ def build_list(table: Table, s: Schema, allow_missing: bool, skip_empty: bool = 
                 "or pass --skip-empty-rows to leave such rows out"
             )
         lens[:, j] = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+        as_type = pa.float32() if pa.types.is_float32(vt) else pa.float64()  # float32 lists need no float64 copy
         try:
-            v = pc.fill_null(pc.cast(arr.flatten(), pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+            v = pc.fill_null(pc.cast(arr.flatten(), as_type), np.nan).to_numpy(zero_copy_only=False)
         except Exception as e:
             raise DataError(f"{name}: column {quote(col)} has values that are not numbers ({first_line(e)})") from None
         flat.append(v)
@@ -149,14 +156,20 @@ def build_list(table: Table, s: Schema, allow_missing: bool, skip_empty: bool = 
             f"{name}: {where(k)} has empty lists (a sequence of length 0); every sequence needs at least one step, "
             "so remove that row or pass --skip-empty-rows"
         )
-    rows = np.repeat(np.arange(n), lengths)
-    pos = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    x = np.zeros((n, max(1, int(lengths.max())), len(s.features)), dtype=np.float32)  # (N, T, C)
+    ends = np.cumsum(lengths)
+
+    def step_where(k: int) -> str:  # flat value k of the rows kept (error path only)
+        row = int(np.searchsorted(ends, k, side="right"))
+        return f"{where(row)}, step {k - int(ends[row] - lengths[row]) + 1}"
+
+    steps = max(1, int(lengths.max()))
+    valid = np.arange(steps)[None, :] < lengths[:, None]  # (N, T): the flat values fill these cells in row order
+    x = np.zeros((n, steps, len(s.features)), dtype=np.float32)  # (N, T, C)
     missing: list[tuple[str, int, str]] = []
     for j, col in enumerate(s.features):
-        flat[j] = flat[j][np.repeat(lengths > 0, values_per_row[:, j])]  # the values of the rows kept
-        step_where = lambda k: f"{where(int(rows[k]))}, step {int(pos[k]) + 1}"  # noqa: E731
-        x[rows, pos, j] = to_float32(flat[j], table, col, step_where)
+        if not (values_per_row[:, j] == lengths).all():
+            flat[j] = flat[j][np.repeat(lengths > 0, values_per_row[:, j])]  # the values of the rows kept
+        x[:, :, j][valid] = to_float32(flat[j], table, col, step_where)
         nan = np.isnan(flat[j])
         if nan.any():
             missing.append((col, int(nan.sum()), step_where(int(np.flatnonzero(nan)[0]))))

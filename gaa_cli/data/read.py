@@ -2,6 +2,11 @@
 
 Everything about the file as bytes lives here: extensions, encodings, separators, ragged rows,
 unnamed and duplicate columns, folders whose files disagree.
+
+`read_chunks` reads a file whole (`chunk_rows=None`) or in chunks of at most `chunk_rows` rows (CSV through
+pandas' chunked reader, Parquet by record batch, a folder of Parquet files as one dataset): each chunk is a
+`Table` whose `first` says where it starts, so that messages name the file's own row numbers. `frame_table`
+reads a DataFrame or a pyarrow Table the way a Parquet file is read.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import gzip
 import io
 import re
 import warnings
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +28,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 
 from .cells import missing_mask
 from .messages import quote, quoted_names, first_line, plural
 
-__all__ = ["SUPPORTED", "SNIFF_BYTES", "Table", "is_list_type", "read_table", "read_file"]
+__all__ = ["SUPPORTED", "SNIFF_BYTES", "CHUNK_BYTES", "Table", "is_list_type", "read_table", "read_file", "read_chunks", "frame_table",
+           "chunk_rows_from_env", "concat_tables"]
 
 
 SUPPORTED = ".csv, .csv.gz, .parquet or a folder of .parquet files"
 SNIFF_BYTES = 1 << 16
+CHUNK_BYTES = 32 << 20  # a file read in chunks is read about this many bytes (CSV text, Parquet uncompressed) at a time
+CHUNK_ROWS_ENV = "GAA_CHUNK_ROWS"  # rows per chunk, for tests and tuning: the chunk size in rows, whatever the bytes
 
 
 @dataclass
@@ -43,9 +52,11 @@ class Table:
     name: str  # the path as the user gave it
     parts: list[tuple[str, int]]  # folder input: (file name, rows) in reading order
     notes: list[str]  # things done while reading (columns dropped, ...)
+    first: int = 0  # 0-based row of the whole file (or folder) where this table starts: a later chunk's offset
 
     def row(self, i: int) -> str:
         """The user-facing position of 0-based data row `i`."""
+        i += self.first
         if len(self.parts) > 1:
             for part, n in self.parts:
                 if i < n:
@@ -84,9 +95,21 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def read_file(path: str | Path, is_text: Callable[[str], bool] = lambda col: False) -> Table:
-    """Read `path` into a `Table`; the columns for which `is_text(name)` is true are read as text, exactly as
+    """Read `path` whole into a `Table`; the columns for which `is_text(name)` is true are read as text, exactly as
     written (a CSV's `01` stays `01`; a numeric or boolean Parquet column is cast with pyarrow: 1.0 -> `1`,
     True -> `true`)."""
+    return next(read_chunks(path, is_text))
+
+
+def read_chunks(
+    path: str | Path, is_text: Callable[[str], bool] = lambda col: False, chunk_rows: int | None = None, chunk_bytes: int | None = None,
+) -> Iterator[Table]:
+    """The tables of `path` in file order: the whole file at once when `chunk_rows` and `chunk_bytes` are None,
+    else chunks of at most `chunk_rows` rows, or of about `chunk_bytes` bytes (CSV text, Parquet uncompressed)
+    each (a folder's small files may share a chunk). Every chunk has the first one's columns; its
+    `first` and `parts` name rows as the whole file would. Problems of the file as a whole (missing, empty, not
+    what its name says, folder files that disagree) are raised before the first chunk."""
+    assert chunk_rows is None or chunk_rows >= 1, chunk_rows
     name = str(path)
     p = Path(path)
     try:
@@ -96,7 +119,7 @@ def read_file(path: str | Path, is_text: Callable[[str], bool] = lambda col: Fal
     if not exists:
         raise DataError(f"{name}: no such file or folder; check the path")
     if is_dir:
-        return _read_parquet_folder(p, name, is_text)
+        return _parquet_chunks(_folder_files(p, name), name, True, is_text, chunk_rows, chunk_bytes)
     low = p.name.lower()
     if low.endswith(".csv.gz"):
         kind = "csv.gz"
@@ -109,8 +132,22 @@ def read_file(path: str | Path, is_text: Callable[[str], bool] = lambda col: Fal
         raise DataError(f"{name}: unsupported file type ({found}); use {SUPPORTED}")
     _check_not_empty(p, name)
     if kind == "parquet":
-        return _table_from_arrow(_read_parquet_file(p, name), name, [], is_text)
-    return _read_csv(p, name, gz=kind == "csv.gz", is_text=is_text)
+        return _parquet_chunks([(p, name)], name, False, is_text, chunk_rows, chunk_bytes)
+    return _csv_chunks(p, name, kind == "csv.gz", is_text, chunk_rows, chunk_bytes)
+
+
+def chunk_rows_from_env() -> int | None:
+    """$GAA_CHUNK_ROWS as a row count, if set (tests use tiny chunks); None lets each reader size its chunks."""
+    raw = os.environ.get(CHUNK_ROWS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise DataError(f"${CHUNK_ROWS_ENV} is {raw!r}; set it to a whole number of rows (at least 1), or unset it")
+    return int(raw)
+
+
+def _rows_for(bytes_per_row: float, chunk_bytes: int) -> int:
+    return int(min(1 << 18, max(64, chunk_bytes / max(bytes_per_row, 1.0))))
 
 
 def _check_not_empty(p: Path, name: str) -> None:
@@ -126,7 +163,8 @@ def _open_bytes(p: Path, gz: bool):
     return gzip.open(p, "rb") if gz else open(p, "rb")
 
 
-def _read_csv(p: Path, name: str, gz: bool, is_text: Callable[[str], bool]) -> Table:
+def _csv_chunks(p: Path, name: str, gz: bool, is_text: Callable[[str], bool], chunk_rows: int | None, chunk_bytes: int | None) -> Iterator[Table]:
+    """Checks on the first bytes happen at once; the rows are parsed as the chunks are asked for."""
     try:
         with _open_bytes(p, gz) as f:
             head = f.read(SNIFF_BYTES)
@@ -154,46 +192,86 @@ def _read_csv(p: Path, name: str, gz: bool, is_text: Callable[[str], bool]) -> T
     dup = pd.Index(header)[pd.Index(header).duplicated()].unique().tolist()
     if dup:  # pandas would silently rename the second one to "a.1"
         raise DataError(f"{name}: column names repeat in the header ({quoted_names(dup)}); give every column its own name")
+    if chunk_rows is None and chunk_bytes is not None:
+        chunk_rows = _rows_for(len(head) / max(1, head.count(b"\n")), chunk_bytes)
+    return _csv_tables(p, name, gz, header, is_text, chunk_rows)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            df = pd.read_csv(
-                p,
-                sep=",",
-                encoding="utf-8",
-                index_col=False,
-                keep_default_na=False,  # only blank cells are empty: "NA" or "None" may be a class name
-                na_values=[""],
-                low_memory=False,
-                compression="gzip" if gz else None,
-                dtype={h: str for h in header if is_text(h)},
-            )
-        except UnicodeDecodeError:
+
+def _csv_tables(p: Path, name: str, gz: bool, header: list[str], is_text: Callable[[str], bool], chunk_rows: int | None) -> Iterator[Table]:
+    options = dict(
+        sep=",",
+        encoding="utf-8",
+        index_col=False,
+        keep_default_na=False,  # only blank cells are empty: "NA" or "None" may be a class name
+        na_values=[""],
+        low_memory=False,
+        compression="gzip" if gz else None,
+        dtype={h: object for h in header if is_text(h)},  # text as written, one Python str a cell (no Arrow copy)
+    )
+    with _csv_errors(p, name, gz):
+        frames = pd.read_csv(p, chunksize=chunk_rows, **options) if chunk_rows is not None else None
+    try:
+        yield from _csv_frames(p, name, gz, frames, options)
+    finally:
+        if frames is not None:
+            frames.close()
+
+
+def _csv_frames(p: Path, name: str, gz: bool, frames, options: dict) -> Iterator[Table]:
+    unnamed = _Unnamed()
+    ragged_checked = False
+    first = 0
+    while True:
+        with warnings.catch_warnings(record=True) as caught, _csv_errors(p, name, gz):
+            warnings.simplefilter("always")
+            if frames is None:  # the whole file
+                df = pd.read_csv(p, **options) if first == 0 else None
+            else:
+                df = next(frames, None)
+        if df is None:
+            break
+        if not ragged_checked and any("does not match length of data" in str(w.message) for w in caught):
+            # pandas dropped fields beyond the header; fail if any of them held a value (checked once: it reads the file)
+            err = _ragged(p, name, gz, None, nonempty_only=True)
+            if err is not None:
+                raise err
+            ragged_checked = True
+        df.columns = [str(c) for c in df.columns]
+        df = df.reset_index(drop=True)
+        if first == 0:
+            if len(df) == 0:
+                raise DataError(f"{name}: has a header ({plural(len(df.columns), 'column')}) but no data rows; add rows")
+            df, notes = unnamed.decide(df, name)
+            _check_unique_names(list(df.columns), name)
+        else:
+            df, notes = unnamed.apply(df, name, first), []
+        n = len(df)
+        yield Table(df, None, name, [], notes, first)
+        first += n
+
+
+class _csv_errors:
+    """pandas' exceptions while parsing as our one-line messages."""
+
+    def __init__(self, p: Path, name: str, gz: bool) -> None:
+        self.p, self.name, self.gz = p, name, gz
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if e is None or isinstance(e, (DataError, GeneratorExit, KeyboardInterrupt)) or not isinstance(e, Exception):
+            return False
+        name, p, gz = self.name, self.p, self.gz
+        if isinstance(e, UnicodeDecodeError):
             raise DataError(f"{name}: not UTF-8 text ({_bad_utf8(p, gz)}); save the file as UTF-8") from None
-        except pd.errors.EmptyDataError:
+        if isinstance(e, pd.errors.EmptyDataError):
             raise DataError(f"{name}: holds no data (no header row); it needs a header row and data rows") from None
-        except pd.errors.ParserError as e:
+        if isinstance(e, pd.errors.ParserError):
             raise _ragged(p, name, gz, e, nonempty_only=False) from None
-        except (EOFError, OSError) as e:  # gzip data cut short, read errors
+        if isinstance(e, (EOFError, OSError)):  # gzip data cut short, read errors
             raise DataError(f"{name}: cannot be read to the end ({first_line(e)}); check the file is complete") from None
-        except Exception as e:
-            raise DataError(
-                f"{name}: not a readable CSV file ({first_line(e)}); check it is comma-separated UTF-8 text"
-            ) from None
-    if any("does not match length of data" in str(w.message) for w in caught):
-        # pandas dropped fields beyond the header; fail if any of them held a value
-        err = _ragged(p, name, gz, None, nonempty_only=True)
-        if err is not None:
-            raise err
-
-    df.columns = [str(c) for c in df.columns]
-    df = df.reset_index(drop=True)
-    if len(df) == 0:
-        raise DataError(f"{name}: has a header ({plural(len(df.columns), 'column')}) but no data rows; add rows")
-    df, notes = _drop_unnamed(df, name)
-    _check_unique_names(list(df.columns), name)
-    return Table(df, None, name, [], notes)
+        raise DataError(f"{name}: not a readable CSV file ({first_line(e)}); check it is comma-separated UTF-8 text") from None
 
 
 def _binary_hint(head: bytes, otherwise: str = "; check it is a comma-separated text file") -> str:
@@ -257,32 +335,63 @@ def _ragged(p: Path, name: str, gz: bool, exc: Exception | None, nonempty_only: 
 _UNNAMED = re.compile(r"^Unnamed: \d+(\.\d+)?$")
 
 
-def _drop_unnamed(df: pd.DataFrame, name: str) -> tuple[pd.DataFrame, list[str]]:
-    """Drop a saved pandas index and empty unnamed columns; other unnamed columns are an error."""
-    notes, index, empty = [], [], []
-    for pos, col in enumerate(df.columns):
-        if not _UNNAMED.match(col):
-            continue
-        s = df[col]
-        if pos == 0 and pd.api.types.is_integer_dtype(s.dtype) and s.is_unique and s.is_monotonic_increasing:
-            index.append(col)
-            notes.append(f"{name}: ignored the first column: it has no name and holds increasing integers (a saved row index)")
-        elif missing_mask(s).all():
-            empty.append(col)
-        else:
-            i = int(np.flatnonzero(~missing_mask(s))[0])
-            raise DataError(
-                f"{name}: column {pos + 1} has no name in the header but holds values "
-                f"(row {i + 1}: {quote(s.iloc[i])}); give it a name in the header or remove it"
+class _Unnamed:
+    """Columns without a name: a saved pandas index and empty unnamed columns (trailing commas) are dropped; other
+    unnamed columns are an error. The first chunk decides; later chunks must agree, or fail as the whole file would."""
+
+    def __init__(self) -> None:
+        self.index: list[str] = []  # a saved row index
+        self.empty: list[tuple[int, str]] = []  # (position, name) of empty unnamed columns
+        self.last_index: int | None = None  # the saved index's last value so far
+
+    def decide(self, df: pd.DataFrame, name: str) -> tuple[pd.DataFrame, list[str]]:
+        notes = []
+        for pos, col in enumerate(df.columns):
+            if not _UNNAMED.match(col):
+                continue
+            s = df[col]
+            if pos == 0 and pd.api.types.is_integer_dtype(s.dtype) and s.is_unique and s.is_monotonic_increasing:
+                self.index.append(col)
+                self.first_index = s.iloc[0]
+                self.last_index = int(s.iloc[-1])
+                notes.append(f"{name}: ignored the first column: it has no name and holds increasing integers (a saved row index)")
+            elif missing_mask(s).all():
+                self.empty.append((pos, col))
+            else:
+                raise _unnamed_error(name, pos, s, 0)
+        if self.empty:
+            where = ", ".join(str(pos + 1) for pos, _ in self.empty)
+            notes.append(
+                f"{name}: ignored empty {'column' if len(self.empty) == 1 else 'columns'} {where} with no name in the header "
+                "(a trailing comma?)"
             )
-    if empty:
-        where = ", ".join(str(df.columns.get_loc(c) + 1) for c in empty)
-        notes.append(
-            f"{name}: ignored empty {'column' if len(empty) == 1 else 'columns'} {where} with no name in the header "
-            "(a trailing comma?)"
-        )
-    drop = index + empty
-    return (df.drop(columns=drop) if drop else df), notes
+        drop = self.index + [c for _, c in self.empty]
+        return (df.drop(columns=drop) if drop else df), notes
+
+    def apply(self, df: pd.DataFrame, name: str, first: int) -> pd.DataFrame:
+        """A later chunk, whose rows start at file row `first` (0-based)."""
+        for col in self.index:
+            s = df[col]
+            if not (pd.api.types.is_integer_dtype(s.dtype) and s.is_unique and s.is_monotonic_increasing and int(s.iloc[0]) > self.last_index):
+                # not an index after all: the whole file's message, which names its first value
+                raise DataError(
+                    f"{name}: column 1 has no name in the header but holds values "
+                    f"(row 1: {quote(self.first_index)}); give it a name in the header or remove it"
+                )
+            self.last_index = int(s.iloc[-1])
+        for pos, col in self.empty:
+            if not missing_mask(df[col]).all():
+                raise _unnamed_error(name, pos, df[col], first)
+        drop = self.index + [c for _, c in self.empty]
+        return df.drop(columns=drop) if drop else df
+
+
+def _unnamed_error(name: str, pos: int, s: pd.Series, first: int) -> DataError:
+    i = int(np.flatnonzero(~missing_mask(s))[0])
+    return DataError(
+        f"{name}: column {pos + 1} has no name in the header but holds values "
+        f"(row {first + i + 1}: {quote(s.iloc[i])}); give it a name in the header or remove it"
+    )
 
 
 def _check_unique_names(cols: list[str], name: str) -> None:
@@ -292,15 +401,19 @@ def _check_unique_names(cols: list[str], name: str) -> None:
         raise DataError(f"{name}: column names repeat ({quoted_names(dup)}); give every column its own name")
 
 
+def _parquet_error(p: Path, name: str, e: Exception) -> DataError:
+    return DataError(
+        f"{name}: not a readable Parquet file ({first_line(e)}); "
+        f"check the file is complete and really Parquet{_text_hint(p)}"
+    )
+
+
 def _read_parquet_file(p: Path, name: str) -> pa.Table:
     try:
         with open(p, "rb") as fh:
             return pq.ParquetFile(fh).read()
     except Exception as e:
-        raise DataError(
-            f"{name}: not a readable Parquet file ({first_line(e)}); "
-            f"check the file is complete and really Parquet{_text_hint(p)}"
-        ) from None
+        raise _parquet_error(p, name, e) from None
 
 
 def _text_hint(p: Path) -> str:
@@ -324,6 +437,11 @@ def _clean_arrow(t: pa.Table) -> pa.Table:
     return t.replace_schema_metadata(None)
 
 
+def _clean_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema `_clean_arrow` leaves."""
+    return pa.schema([f for f in schema if not _INDEX_COL.match(str(f.name))])
+
+
 def _as_text(t: pa.Table, is_text: Callable[[str], bool]) -> pa.Table:
     """The text columns of `t` cast to strings, pyarrow's way (the one documented way: 1.0 -> '1', True -> 'true')."""
     for i, f in enumerate(t.schema):
@@ -336,7 +454,13 @@ def _as_text(t: pa.Table, is_text: Callable[[str], bool]) -> pa.Table:
     return t
 
 
-def _table_from_arrow(t: pa.Table, name: str, parts: list[tuple[str, int]], is_text: Callable[[str], bool]) -> Table:
+def _to_pandas_type(t: pa.DataType):
+    # list columns stay Arrow-backed: the list layout reads them from the Arrow table, so a numpy array per cell
+    # would be built for nothing
+    return pd.ArrowDtype(t) if is_list_type(t) else None
+
+
+def _table_from_arrow(t: pa.Table, name: str, parts: list[tuple[str, int]], is_text: Callable[[str], bool], first: int = 0) -> Table:
     t = _as_text(_clean_arrow(t), is_text)
     cols = [str(c) for c in t.column_names]
     if not cols:
@@ -345,15 +469,16 @@ def _table_from_arrow(t: pa.Table, name: str, parts: list[tuple[str, int]], is_t
     if t.num_rows == 0:
         raise DataError(f"{name}: has columns ({quoted_names(cols)}) but no rows; add rows")
     try:
-        df = t.to_pandas()
+        df = t.to_pandas(types_mapper=_to_pandas_type)
     except Exception as e:
         raise DataError(f"{name}: has column types this tool cannot read ({first_line(e)}); store numbers and strings") from None
     df.columns = cols
     df = df.reset_index(drop=True)
-    return Table(df, t.rename_columns(cols), name, parts, [])
+    return Table(df, t.rename_columns(cols), name, parts, [], first)
 
 
-def _read_parquet_folder(p: Path, name: str, is_text: Callable[[str], bool]) -> Table:
+def _folder_files(p: Path, name: str) -> list[tuple[Path, str]]:
+    """A folder's .parquet files in file-name order, each with the name messages use."""
     try:
         files = sorted(
             (f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(".parquet") and f.name[:1] not in "._"),
@@ -365,13 +490,65 @@ def _read_parquet_folder(p: Path, name: str, is_text: Callable[[str], bool]) -> 
         raise DataError(
             f"{name}: is a folder with no .parquet files in it (subfolders are not searched); use {SUPPORTED}"
         )
+    return [(f, f"{name.rstrip('/')}/{f.name}") for f in files]
+
+
+def _parquet_chunks(
+    files: list[tuple[Path, str]], name: str, folder: bool, is_text: Callable[[str], bool], chunk_rows: int | None, chunk_bytes: int | None,
+) -> Iterator[Table]:
+    if chunk_rows is None and chunk_bytes is None:
+        yield _parquet_whole(files, name, folder, is_text)
+        return
+    # every file's footer first: the schemas must agree and the row counts name rows, before any chunk is read
+    schema, parts, size = None, [], 0
+    for f, shown in files:
+        _check_not_empty(f, shown)
+        try:
+            with open(f, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                meta, this = pf.metadata, _clean_schema(pf.schema_arrow)
+        except Exception as e:
+            raise _parquet_error(f, shown, e) from None
+        if schema is not None and not this.equals(schema):
+            raise DataError(f"{shown}: {_schema_diff(schema, this, files[0][0].name)}; all files in the folder must share one schema")
+        schema = schema or this
+        parts.append((f.name, meta.num_rows))
+        size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    total = sum(n for _, n in parts)
+    cols = [str(c) for c in schema.names]
+    if cols and total == 0:
+        raise DataError(f"{name}: has columns ({quoted_names(cols)}) but no rows; add rows")
+    if chunk_rows is None:
+        chunk_rows = _rows_for(size / max(total, 1), chunk_bytes)
+    parts = parts if folder else []
+    first, held, n_held = 0, [], 0
+    for f, shown in files:
+        try:
+            with open(f, "rb") as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=chunk_rows):
+                    held.append(_clean_arrow(pa.Table.from_batches([batch])))
+                    n_held += batch.num_rows
+                    if n_held >= chunk_rows:
+                        yield _table_from_arrow(pa.concat_tables(held), name, parts, is_text, first)
+                        first, held, n_held = first + n_held, [], 0
+        except DataError:
+            raise
+        except Exception as e:
+            raise _parquet_error(f, shown, e) from None
+    if held or first == 0:
+        yield _table_from_arrow(pa.concat_tables(held) if held else schema.empty_table(), name, parts, is_text, first)
+
+
+def _parquet_whole(files: list[tuple[Path, str]], name: str, folder: bool, is_text: Callable[[str], bool]) -> Table:
+    if not folder:
+        (f, shown), = files
+        return _table_from_arrow(_read_parquet_file(f, shown), name, [], is_text)
     tables, parts = [], []
-    for f in files:
-        shown = f"{name.rstrip('/')}/{f.name}"
+    for f, shown in files:
         _check_not_empty(f, shown)
         t = _clean_arrow(_read_parquet_file(f, shown))
         if tables and not t.schema.equals(tables[0].schema):
-            raise DataError(f"{shown}: {_schema_diff(tables[0].schema, t.schema, files[0].name)}; all files in the folder must share one schema")
+            raise DataError(f"{shown}: {_schema_diff(tables[0].schema, t.schema, files[0][0].name)}; all files in the folder must share one schema")
         tables.append(t)
         parts.append((f.name, t.num_rows))
     try:
@@ -379,6 +556,47 @@ def _read_parquet_folder(p: Path, name: str, is_text: Callable[[str], bool]) -> 
     except Exception as e:
         raise DataError(f"{name}: the files in this folder cannot be combined ({first_line(e)}); give them one schema") from None
     return _table_from_arrow(table, name, parts, is_text)
+
+
+def frame_table(frame: object, name: str, is_text: Callable[[str], bool] = lambda col: False) -> Table:
+    """A pandas DataFrame or pyarrow Table (or RecordBatch) in memory, read the way a Parquet file is: through
+    Arrow, so that the same column rules apply. `name` stands for the file in messages."""
+    if isinstance(frame, pa.RecordBatch):
+        frame = pa.Table.from_batches([frame])
+    if isinstance(frame, pd.DataFrame):
+        frame = _arrow_of_frame(frame, name)
+    if not isinstance(frame, pa.Table):
+        raise UsageError(f"{name}: expected a pandas DataFrame or a pyarrow Table, found {type(frame).__name__}")
+    return _table_from_arrow(frame, name, [], is_text)
+
+
+def _arrow_of_frame(df: pd.DataFrame, name: str) -> pa.Table:
+    cols = [str(c) for c in df.columns]
+    _check_unique_names(cols, name)
+    arrays = []
+    for j in range(len(cols)):
+        s = df.iloc[:, j]
+        try:
+            arrays.append(pa.Array.from_pandas(s))
+        except (pa.ArrowException, TypeError, ValueError):
+            # a column mixing kinds (numbers and text): its cells as text, so that the column checks can name the odd one
+            arrays.append(pa.array([None if _is_missing(v) else str(v) for v in s.tolist()], pa.string()))
+    return pa.Table.from_arrays(arrays, names=cols)
+
+
+def _is_missing(v: object) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def concat_tables(a: Table, b: Table) -> Table:
+    """`b`'s rows after `a`'s, when `b` starts where `a` ends in the file (a chunk after the rows carried over)."""
+    assert a.first + len(a.df) == b.first, (a.first, len(a.df), b.first)
+    df = pd.concat([a.df, b.df], ignore_index=True)
+    arrow = pa.concat_tables([a.arrow, b.arrow]) if a.arrow is not None and b.arrow is not None else None
+    return Table(df, arrow, a.name, a.parts, [], a.first)
 
 
 def _schema_diff(first: pa.Schema, other: pa.Schema, first_name: str) -> str:

@@ -48,11 +48,15 @@ def _provenance(path: Path, meta: dict) -> tuple[list[str], list[str]]:
     kind, epoch = meta.get("kind"), meta.get("epoch")
     if kind == "last" and epoch == 0:
         raise CheckpointError(f"{path}: holds no trained model yet: its run stopped before the first epoch ended; {resume}")
+    if kind == "best" and epoch == 0:
+        which = "the ridge half alone, saved before the network's first epoch"
+    else:
+        which = f"epoch {epoch} of {epochs}"
     if last is None or loop.get("finished"):  # a finished run, or a file on its own
         what = "best" if kind == "best" else "final"
-        return [f"using {path}: the {what} model of {'its finished run' if last else 'its run'} (epoch {epoch} of {epochs})"], []
+        return [f"using {path}: the {what} model of {'its finished run' if last else 'its run'} ({which})"], []
     so_far = f"{done} of {epochs} epochs done" if isinstance(done, int) else "unfinished"
-    what = f"the best model so far (epoch {epoch})" if kind == "best" else f"the model as of epoch {epoch} (no best checkpoint yet)"
+    what = f"the best model so far ({which})" if kind == "best" else f"the model as of epoch {epoch} (no best checkpoint yet)"
     return [], [f"using {path}: {what} of an unfinished run ({so_far}); {resume}"]
 
 

@@ -28,7 +28,7 @@ def start(*args: object, log: Path) -> subprocess.Popen:
                             stdout=open(log.with_suffix(".out"), "w"), stderr=open(log.with_suffix(".err"), "w"))
 
 
-def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
+def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
@@ -84,10 +84,22 @@ def test_sigterm_saves_and_says_how_to_resume(running):
     assert holder(run) is None  # the lock went with the process
 
 
+def _wait_for_handler(pid: int, sig: int, timeout: float = 60.0) -> None:
+    """Until the process catches `sig` (Linux: the SigCgt mask of /proc/PID/status), however loaded the machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        if int(fields["SigCgt"], 16) >> (sig - 1) & 1:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not install a handler for signal {sig} in {timeout} s")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_sigterm_while_starting_exits_143(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gaa_cli", "train", str(csv(tmp_path / "t.csv", wide_frame())), *TINY, "--out", str(tmp_path / "r")],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # still importing
+    _wait_for_handler(proc.pid, signal.SIGTERM)  # installed first thing; the imports of torch and pandas follow
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err

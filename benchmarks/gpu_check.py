@@ -13,7 +13,8 @@ For each data set it trains, with the same seed and the default recipe (the same
 - on the CPU in float32;
 
 then scores each best checkpoint on the test file (predicting on the device it trained on) and prints training
-samples per second (samples x epochs / seconds in optimiser steps), the test accuracy and the peak GPU memory
+samples per second (samples x epochs / seconds in optimiser steps; for the compiled run those seconds include
+compiling), the test accuracy and the peak GPU memory
 (``torch.cuda.max_memory_allocated`` during the run). It also predicts and explains on the GPU through the real
 CLI. The check fails (exit 1) when a run fails, when a GPU run's accuracy falls below the CPU's by more than the
 noise of the test set's size allows (2.5 standard errors of a difference of two accuracies, at least 0.05), or

@@ -15,6 +15,7 @@
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine, from anywhere
 #   bash benchmarks/gpu_check.sh --no-install     # gaa already installed (pip install -e .)
+#   bash benchmarks/gpu_check.sh --no-compile     # skip torch.compile (no Triton, or short of time)
 #   bash benchmarks/gpu_check.sh --cpu-dry-run    # no GPU: every step on the CPU with tiny settings (plumbing only)
 #
 # Environment: PYTHON (default python3), GAA_CHECK_BUDGET_S (default 470: every step's timeout is cut to what
@@ -22,17 +23,19 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 DRY=0
 INSTALL=1
+COMPILE=1
 PY=${PYTHON:-python3}
 BUDGET=${GAA_CHECK_BUDGET_S:-470}
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --cpu-dry-run) DRY=1 ;;
         --no-install) INSTALL=0 ;;
+        --no-compile) COMPILE=0 ;;
         -h | --help)
             usage
             exit 0
@@ -146,7 +149,7 @@ else
 fi
 timeout "$(limit 90)" "$PY" benchmarks/bench_block_gpu.py --device "$DEVICE" "${BENCH[@]}" --json "$WORK/block.json" ||
     fail "bench_block_gpu.py failed"
-if [[ $DRY == 0 ]]; then
+if [[ $DRY == 0 && $COMPILE == 1 ]]; then
     # the compiled block (first compile of each row: tens of seconds)
     timeout "$(limit 90)" "$PY" benchmarks/bench_block_gpu.py --device "$DEVICE" --rows model --compile --json "$WORK/block_compiled.json" ||
         fail "bench_block_gpu.py --compile failed"
@@ -156,6 +159,9 @@ step "training on the GPU and on the CPU"
 CHECK=(--work "$WORK/runs" --json "$WORK/gpu_check.json")
 if [[ $DRY == 1 ]]; then
     CHECK+=(--cpu-dry-run)
+fi
+if [[ $COMPILE == 0 ]]; then
+    CHECK+=(--no-compile)
 fi
 timeout "$(limit 330)" "$PY" benchmarks/gpu_check.py "${CHECK[@]}" || fail "benchmarks/gpu_check.py failed (see above)"
 

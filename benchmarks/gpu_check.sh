@@ -18,8 +18,8 @@
 #   bash benchmarks/gpu_check.sh --no-compile     # skip torch.compile (no Triton, or short of time)
 #   bash benchmarks/gpu_check.sh --cpu-dry-run    # no GPU: every step on the CPU with tiny settings (plumbing only)
 #
-# Environment: PYTHON (default python3), GAA_CHECK_BUDGET_S (default 470: every step's timeout is cut to what
-# is left of it), GAA_CHECK_KEEP=1 keeps the working folder (runs, logs, JSON results).
+# Environment: PYTHON (default python3), GAA_CHECK_BUDGET_S (default 470, 1800 for a dry run: every step's
+# timeout is cut to what is left of it), GAA_CHECK_KEEP=1 keeps the working folder (runs, logs, JSON results).
 set -euo pipefail
 
 usage() {
@@ -30,7 +30,6 @@ DRY=0
 INSTALL=1
 COMPILE=1
 PY=${PYTHON:-python3}
-BUDGET=${GAA_CHECK_BUDGET_S:-470}
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --cpu-dry-run) DRY=1 ;;
@@ -47,6 +46,13 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+
+# a dry run trains on a CPU that may be small and shared: a budget of its own
+if [[ $DRY == 1 ]]; then
+    BUDGET=${GAA_CHECK_BUDGET_S:-1800}
+else
+    BUDGET=${GAA_CHECK_BUDGET_S:-470}
+fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -70,14 +76,29 @@ fail() {
     exit 1
 }
 
-# seconds a step may take: its own limit, cut to what is left of the budget (at least 10)
+# run a step's command under `timeout SECONDS`; a step that runs out of time fails, saying so
+timed() {
+    local seconds=$1 status=0
+    shift
+    timeout "$seconds" "$@" || status=$?
+    if ((status == 124)); then
+        echo "gpu_check.sh: '$*' ran out of time (${seconds} s; the whole check has ${BUDGET} s, GAA_CHECK_BUDGET_S)" >&2
+    fi
+    return "$status"
+}
+
+# seconds a step may take: its own limit (three times it in a dry run, on a CPU), cut to what is left of the
+# budget (at least 10)
 limit() {
-    local left=$((BUDGET - (SECONDS - START)))
+    local want=$1 left=$((BUDGET - (SECONDS - START)))
+    if [[ $DRY == 1 ]]; then
+        want=$((3 * want))
+    fi
     if ((left < 10)); then
         left=10
     fi
-    if (($1 < left)); then
-        echo "$1"
+    if ((want < left)); then
+        echo "$want"
     else
         echo "$left"
     fi
@@ -114,9 +135,9 @@ EOF
 
 step "install"
 if [[ $INSTALL == 1 ]]; then
-    if ! timeout "$(limit 180)" "$PY" -m pip install -q --no-build-isolation -e ".[test,bench]"; then
+    if ! timed "$(limit 180)" "$PY" -m pip install -q --no-build-isolation -e ".[test,bench]"; then
         echo "gpu_check.sh: installing with the extras failed (offline?); installing the package alone"
-        timeout "$(limit 120)" "$PY" -m pip install -q --no-build-isolation --no-deps -e . || fail "pip install -e . failed"
+        timed "$(limit 120)" "$PY" -m pip install -q --no-build-isolation --no-deps -e . || fail "pip install -e . failed"
     fi
 else
     echo "skipped (--no-install)"
@@ -128,7 +149,7 @@ step "tests"
 # exit status 5 = no test selected (every CUDA test elsewhere deselected): not a failure
 run_tests() {
     local status=0
-    timeout "$(limit "$1")" "$PY" -m pytest -q -p no:cacheprovider "${@:2}" || status=$?
+    timed "$(limit "$1")" "$PY" -m pytest -q -p no:cacheprovider "${@:2}" || status=$?
     if ((status != 0 && status != 5)); then
         fail "pytest ${*:2} exited $status"
     fi
@@ -147,11 +168,11 @@ else
         BENCH+=(--autocast fp16)
     fi
 fi
-timeout "$(limit 90)" "$PY" benchmarks/bench_block_gpu.py --device "$DEVICE" "${BENCH[@]}" --json "$WORK/block.json" ||
+timed "$(limit 90)" "$PY" benchmarks/bench_block_gpu.py --device "$DEVICE" "${BENCH[@]}" --json "$WORK/block.json" ||
     fail "bench_block_gpu.py failed"
 if [[ $DRY == 0 && $COMPILE == 1 ]]; then
     # the compiled block (first compile of each row: tens of seconds)
-    timeout "$(limit 90)" "$PY" benchmarks/bench_block_gpu.py --device "$DEVICE" --rows model --compile --json "$WORK/block_compiled.json" ||
+    timed "$(limit 90)" "$PY" benchmarks/bench_block_gpu.py --device "$DEVICE" --rows model --compile --json "$WORK/block_compiled.json" ||
         fail "bench_block_gpu.py --compile failed"
 fi
 
@@ -163,7 +184,7 @@ fi
 if [[ $COMPILE == 0 ]]; then
     CHECK+=(--no-compile)
 fi
-timeout "$(limit 330)" "$PY" benchmarks/gpu_check.py "${CHECK[@]}" || fail "benchmarks/gpu_check.py failed (see above)"
+timed "$(limit 330)" "$PY" benchmarks/gpu_check.py "${CHECK[@]}" || fail "benchmarks/gpu_check.py failed (see above)"
 
 echo
 echo "gpu_check.sh: PASS in $((SECONDS - START)) s$([[ $DRY == 1 ]] && echo ' (CPU dry run: plumbing only, no GPU figures)')"

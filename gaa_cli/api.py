@@ -30,6 +30,7 @@ from .config import ModelConfig, TrainConfig, merge, validate
 from .data import ReadOptions, Schema, SequenceData, load_frame
 from .data.roles import ID_NAMES, find_by_name
 from .device import resolve_device
+from .precision import resolve_precision
 from .errors import UsageError
 from .files import RunLock
 from .inference import Loaded, evaluate, load_model, predict, prediction_frame
@@ -243,7 +244,7 @@ def _classifier_class() -> type:
             model_cfg = merge(ModelConfig, {}, {n: getattr(self, n) for n, _, c in _config_fields() if c is ModelConfig}, where["model"])
             train_cfg = merge(TrainConfig, {}, {n: getattr(self, n) for n, _, c in _config_fields() if c is TrainConfig}, where["train"])
             validate(model_cfg, train_cfg, where)
-            resolve_device(train_cfg.device)
+            resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
             opts = _read_options(self.layout if self.layout != "auto" else None, label, self.id_col, self.time_col,
                                  self.features, self.allow_missing, self.fill if self.fill != "mean" else None, self.skip_empty)
             data = load_frame(frame, name="X", **{"label": "label", **opts.roles()}, need_labels=True, allow_missing=opts.allow_missing,

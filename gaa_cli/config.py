@@ -22,10 +22,11 @@ else:  # pragma: no cover
 
 from .errors import UsageError
 
-__all__ = ["AXES", "ATTENTIONS", "ModelConfig", "TrainConfig", "DataShape", "option", "options_of", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate", "parse_duration"]
+__all__ = ["AXES", "ATTENTIONS", "PRECISIONS", "ModelConfig", "TrainConfig", "DataShape", "option", "options_of", "load_toml", "to_toml", "from_dict", "merge", "resolve", "validate", "parse_duration"]
 
 AXES = ("time", "features", "both")
 ATTENTIONS = ("gaussian", "dot")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see precision.py
 MAX_STEPS = 256  # longer series are downsampled in the first convolution to about this many steps
 TARGET_STEPS = 1000  # optimiser steps of a default run
 DEFAULT_WIDTH = 64  # channels of the convolutional stem
@@ -79,6 +80,11 @@ class TrainConfig:
         None, "Wall-time budget of the whole command, e.g. 90s, 10m, 2h: the network's schedule is planned to end inside it, "
         "and the ridge half is saved first \\[default: no limit].", "Training")
     device: str = option("auto", "auto, cpu, cuda or cuda:N \\[default: auto].", "Run")
+    precision: str = option(
+        "auto", "Precision of the network's passes: auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 "
+        "or fp16 (CUDA only); parameters and checkpoints stay float32 \\[default: auto].", "Run", choices=PRECISIONS)
+    compile: bool = option(False, "Compile the network with torch.compile: a slower start for faster steps; runs eagerly, "
+                           "with a note, where compiling is unavailable or fails \\[default: off].", "Run", flag="--compile/--no-compile")
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,8 @@ def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | Non
             raise bad("time_limit", train.time_limit, "a duration such as 90s, 10m or 2h (or a number of seconds)") from None
     if not 0 <= train.seed <= 2**63 - 1:  # what both numpy and torch accept
         raise bad("seed", train.seed, f"an integer from 0 to {2**63 - 1}")
+    if train.precision not in PRECISIONS:
+        raise bad("precision", train.precision, "auto, fp32, bf16 or fp16")
     device = train.device.strip().lower()
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise bad("device", train.device, "auto, cpu, cuda or cuda:N")

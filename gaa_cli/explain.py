@@ -28,6 +28,7 @@ prediction is the model's `blend`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +55,11 @@ def normalise(r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _contrast(per_step: torch.Tensor, head: torch.nn.Linear, predicted: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """(B, T', F) per-step features -> (B, T') each step's contrast for the predicted class."""
-    c = per_step @ head.weight.T  # (B, T', K): C_k(t')
+    """(B, T', F) per-step features -> (B, T') each step's contrast for the predicted class, in float32 even under
+    autocast (mixed precision on a GPU): the contrasts are differences of nearly equal logits."""
+    device_type = per_step.device.type
+    with torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext():
+        c = per_step.float() @ head.weight.float().T  # (B, T', K): C_k(t')
     return c.gather(2, predicted[:, None, None].expand(-1, c.shape[1], 1))[..., 0] - (c * p[:, None, :]).sum(-1)
 
 

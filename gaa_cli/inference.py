@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +13,12 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .data import CHUNK_BYTES, ReadOptions, Schema, SequenceData, SequenceStream, chunk_rows_from_env
-from .device import resolve_device
+from .device import resolve_device, to_device
 from .errors import CheckpointError, DataError, UsageError
 from .files import holder
 from .metrics import Scores
 from .model import MIN_LENGTH, SequenceClassifier
+from .precision import Precision, inference_precision
 from .explain import explain_batch
 from .tensors import encode_labels, length_batches, predict_proba, to_tensors
 
@@ -34,6 +36,7 @@ class Loaded:
     device: torch.device
     notes: list[str] = field(default_factory=list)  # which checkpoint this is
     warnings: list[str] = field(default_factory=list)  # ... when it is not the best of a finished run
+    precision: Precision | None = None  # the autocast of the network's passes (precision.inference_precision); None = float32
 
 
 def _provenance(path: Path, meta: dict) -> tuple[list[str], list[str]]:
@@ -69,7 +72,8 @@ def load_model(path: Path, device: str = "auto") -> Loaded:
     dev = resolve_device(device)
     model = ckpt_io.build_model(cfg, schema, len(ck.meta["classes"]))
     model.load_state_dict(ck.model, strict=True)
-    return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev, notes, warnings)
+    precision = inference_precision(ck.meta["train_config"].get("precision"), dev)
+    return Loaded(model.to(dev).eval(), ck.meta, schema, path, dev, notes, warnings, precision)
 
 
 def info(path: Path) -> dict:
@@ -115,7 +119,8 @@ def _probs(loaded: Loaded, data: SequenceData, opts: ReadOptions) -> np.ndarray:
     probs = np.full((len(kept), len(loaded.meta["classes"])), np.nan, dtype=np.float32)
     if kept.any():
         data = data if kept.all() else data.subset(kept)
-        probs[kept] = predict_proba(loaded.model, to_tensors(data, loaded.meta["normalization"], None, opts.fill), loaded.device)
+        probs[kept] = predict_proba(loaded.model, to_tensors(data, loaded.meta["normalization"], None, opts.fill), loaded.device,
+                                    precision=loaded.precision)
     return probs
 
 
@@ -251,11 +256,13 @@ def explain(loaded: Loaded, data_path: Path | object, opts: ReadOptions | None =
         chunk_probs = np.zeros((n, len(classes)), dtype=np.float32)
         for idx in length_batches(lengths, batch_size):
             width = int(lengths[idx].max())
-            e = explain_batch(model, t.x[idx, :width].to(loaded.device), t.mask[idx, :width].to(loaded.device))
+            with loaded.precision.autocast() if loaded.precision is not None else contextlib.nullcontext():
+                e = explain_batch(model, to_device(t.x[idx, :width], loaded.device), to_device(t.mask[idx, :width], loaded.device))
             chunk_probs[idx.numpy()] = e.probs.cpu().numpy()
             for row, i in enumerate(idx.tolist()):
                 chunk_steps[i] = e.steps[row, : int(lengths[i])].cpu().numpy()
-            chunk_channels[idx.numpy()] = e.channels.cpu().numpy()
+            if e.channels is not None:  # None for one channel
+                chunk_channels[idx.numpy()] = e.channels.cpu().numpy()
             progress(len(idx))
         steps += chunk_steps
         channels.append(chunk_channels)

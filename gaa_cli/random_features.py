@@ -12,6 +12,7 @@ F = D * M * P features, K classes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -93,9 +94,12 @@ class RandomFeatureRidge(nn.Module):
         return torch.cat(out, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, C), (B, T) -> logits (B, K)."""
-        f = (self.transform(x, mask) - self.center) / self.scale  # (B, F)
-        return self.temperature * (f @ self.weight + self.bias)
+        """(B, T, C), (B, T) -> logits (B, K), in float32 even under a caller's autocast (mixed precision): the
+        features are fractions of steps above thresholds, and the linear map was solved in float64."""
+        no_autocast = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else contextlib.nullcontext()
+        with no_autocast:
+            f = (self.transform(x.float(), mask) - self.center) / self.scale  # (B, F)
+            return self.temperature * (f @ self.weight + self.bias)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, gen: torch.Generator, smoothing: float = 0.0) -> dict:

@@ -18,6 +18,7 @@ from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, load_toml, merge, validate
 from .data import ReadOptions, Schema, SequenceData, load
 from .device import resolve_device
+from .precision import resolve_precision
 from .errors import CheckpointError, DataError, UsageError
 from .files import RunLock, atomic_write
 from .model import MIN_LENGTH
@@ -26,6 +27,7 @@ from .train import TrainResult, fit
 
 __all__ = ["TrainRequest", "run_training", "check_output", "write_predictions", "check_explain_dir", "write_explanation", "explain_summary"]
 
+RESUME_OVERRIDES = ("device", "precision", "compile")  # options a resumed run may change
 RUN_FILES = (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.toml", "curves.png")
 
 
@@ -84,7 +86,7 @@ def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Call
     model_cfg = merge(ModelConfig, file_model, req.model_options, "command line")
     train_cfg = merge(TrainConfig, file_train, req.train_options, "command line")
     validate(model_cfg, train_cfg)
-    resolve_device(train_cfg.device)
+    resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
     opts = req.read
     data = _loaded(load(req.data, **{"label": "label", **opts.roles()}, need_labels=True, allow_missing=opts.allow_missing,
                         min_classes=2, min_length=MIN_LENGTH, skip_empty=opts.skip_empty))
@@ -146,7 +148,7 @@ def _remove_stale_temps(run_dir: Path) -> None:
 
 
 def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[[list[str]], None]) -> TrainResult:
-    given = [k for k, v in {**req.model_options, **req.train_options}.items() if v is not None and k != "device"]
+    given = [k for k, v in {**req.model_options, **req.train_options}.items() if v is not None and k not in RESUME_OVERRIDES]
     if given or req.config or req.out or req.val:
         extra = [f"--{k.replace('_', '-')}" for k in given] + [o for o, v in (("--config", req.config), ("--out", req.out), ("--val", req.val)) if v]
         raise UsageError(f"--resume continues a run with its saved settings; drop {', '.join(extra)}")
@@ -158,9 +160,10 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
     if "resume" not in ck.meta:
         raise UsageError(f"{last}: checkpoint holds no training state; it cannot be resumed")
     model_cfg, train_cfg = ckpt_io.check_resume_state(ck, last)
-    if req.train_options.get("device"):
-        train_cfg.device = req.train_options["device"]
-    resolve_device(train_cfg.device)
+    for name in RESUME_OVERRIDES:  # where and how it runs, not what it computes: a resumed run may change them
+        if req.train_options.get(name) is not None:
+            setattr(train_cfg, name, req.train_options[name])
+    resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
     sources = ck.meta.get("sources", {})
     if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
         raise CheckpointError(f"{last}: checkpoint 'sources' must map names to paths; the file is corrupted")

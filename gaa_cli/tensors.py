@@ -7,6 +7,7 @@ inference, so that both read and batch data the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,10 @@ import pandas as pd
 import torch
 
 from .data import SequenceData
+from .device import to_device
 from .errors import DataError, TrainingError
 from .model import SequenceClassifier
+from .precision import Precision
 
 __all__ = ["FILLS", "CLIP", "Tensors", "plain", "class_list", "encode_labels", "check_channels", "fit_normalization", "fill_gaps", "to_tensors", "length_batches", "fingerprint", "predict_proba"]
 
@@ -196,16 +199,21 @@ def fingerprint(data: SequenceData) -> str:
 
 
 @torch.no_grad()
-def predict_proba(model: SequenceClassifier, t: Tensors, device: torch.device, batch_size: int = 256, part: str = "both") -> np.ndarray:
+def predict_proba(model: SequenceClassifier, t: Tensors, device: torch.device, batch_size: int = 256, part: str = "both",
+                  precision: Precision | None = None) -> np.ndarray:
     """Class probabilities (N, K), in input order (`part`: see SequenceClassifier.probabilities). Sequences are
     batched by length, each batch cut to its longest: a prediction depends on its own sequence only, and costs
-    what its length costs."""
+    what its length costs. `precision`: the autocast the network runs under (None: float32); the softmax and
+    the ridge half stay float32."""
     model.eval()
     lengths = t.mask.sum(1)
     probs: torch.Tensor | None = None
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
     for idx in length_batches(lengths, batch_size):
         steps = max(1, int(lengths[idx].max()))
-        p = model.probabilities(t.x[idx, :steps].to(device), t.mask[idx, :steps].to(device), part).float().cpu()
+        with autocast():
+            p = model.probabilities(to_device(t.x[idx, :steps], device), to_device(t.mask[idx, :steps], device), part)
+        p = p.float().cpu()
         if probs is None:
             probs = torch.empty(len(t.x), p.shape[1])
         probs[idx] = p

@@ -37,12 +37,14 @@ from rich.console import Console
 
 from . import __version__
 from . import checkpoint as ckpt_io
+from .compiled import Compiler
 from .config import SMALL, DataShape, ModelConfig, TrainConfig, parse_duration, resolve, to_toml
 from .data import SequenceData
-from .device import resolve_device
+from .device import resolve_device, to_device
 from .errors import Interrupted, Terminated, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
+from .precision import resolve_precision
 from .progress import TrainProgress
 from .tensors import Tensors, class_list, encode_labels, fingerprint, fit_normalization, predict_proba, to_tensors
 
@@ -224,22 +226,29 @@ def plan(run: Prepared, model: SequenceClassifier, steps_per_epoch: int, batch_s
     Returns the epochs (at most the configured ones; 0 when not even one fits) and the plan's figures.
     """
     cfg, t, device = run.train_cfg, run.train, run.device
+    amp = resolve_precision(cfg.precision, device)
+    scaler = amp.grad_scaler()
     probe = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     idx = torch.arange(min(batch_size, len(t)))
     times = []
     for _ in range(PROBE_STEPS + 1):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(probe(t.x[idx].to(device), t.mask[idx].to(device)), t.y[idx].to(device))
+        with amp.autocast():
+            logits = probe(to_device(t.x[idx], device), to_device(t.mask[idx], device))
+        loss = F.cross_entropy(logits.float(), to_device(t.y[idx], device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss.item()  # waits for the GPU, as a training step does
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times[1:]))
     t0 = time.perf_counter()
-    refresh_batchnorm(probe, t, batch_size, device)
+    with amp.autocast():
+        refresh_batchnorm(probe, t, batch_size, device)
     if run.val is not None:
-        predict_proba(probe, run.val, device, part="network")
+        predict_proba(probe, run.val, device, part="network", precision=amp)
     end_s = time.perf_counter() - t0
     epoch_s = steps_per_epoch * step_s + (end_s if run.val is not None and run.every_epoch else 0.0)
     epochs = int(min(cfg.epochs, max(0.0, (0.9 * budget_s - end_s) // epoch_s)))
@@ -288,7 +297,7 @@ def refresh_batchnorm(model: torch.nn.Module, t: Tensors, batch_size: int, devic
         m.train()  # normalise with batch statistics and record them; everything else (dropout) stays in eval mode
     try:
         for chunk in idx.tensor_split(math.ceil(len(idx) / batch_size)):  # sizes differ by at most one
-            model(t.x[chunk].to(device), t.mask[chunk].to(device))
+            model(to_device(t.x[chunk], device), to_device(t.mask[chunk], device))  # (under the caller's autocast, if any)
     finally:
         for m in norms:
             m.momentum = momenta[m]
@@ -328,7 +337,10 @@ class Trainer:
     def __init__(self, run: Prepared, model: SequenceClassifier, run_dir: Path, ridge: dict | None) -> None:
         self.run, self.model, self.run_dir = run, model, run_dir
         cfg = run.train_cfg
-        self.meta = dict(run.meta, ridge=ridge)
+        self.amp = resolve_precision(cfg.precision, run.device)  # autocast of every forward pass (precision.py)
+        self.scaler = self.amp.grad_scaler()  # enabled for fp16 on CUDA only
+        self.compiler: Compiler | None = None  # --compile, once the loop starts (fit)
+        self.meta = dict(run.meta, ridge=ridge, precision=self.amp.name)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.n = len(run.train)
@@ -348,7 +360,7 @@ class Trainer:
         model, run = self.model, self.run
         if self._ridge_val is None and model.ridge is not None and model.ridge.fitted and run.val is not None:
             with self.timed("validate"):
-                self._ridge_val = predict_proba(model, run.val, run.device, part="ridge")
+                self._ridge_val = predict_proba(model, run.val, run.device, part="ridge", precision=self.amp)
         return self._ridge_val
 
     @property
@@ -383,6 +395,9 @@ class Trainer:
         if self.loop.step > 0:
             self.perm = ck.state["perm"].clone()
             self.losses = ck.state["losses"].tolist() if "losses" in ck.state else []
+        scaler = ck.state.get("amp.scaler")  # fp16: the loss scale reached, so that steps go on as they would have
+        if self.scaler.is_enabled() and scaler is not None and scaler.shape == (2,) and bool(torch.isfinite(scaler).all()) and scaler[0] > 0:
+            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(scaler[0]), "_growth_tracker": int(scaler[1])})
 
     # --- saving
 
@@ -391,6 +406,9 @@ class Trainer:
             state = {f"optim.{k}": v for k, v in ckpt_io.optimizer_tensors(self.opt).items()}
             state["rng.torch"] = torch.get_rng_state()
             state["rng.gen"] = self.gen.get_state()
+            if self.scaler.is_enabled():
+                scaler = self.scaler.state_dict()
+                state["amp.scaler"] = torch.tensor([scaler["scale"], scaler["_growth_tracker"]], dtype=torch.float64)
             if step > 0:
                 state["perm"] = self.perm
                 state["losses"] = torch.tensor(self.losses, dtype=torch.float64)
@@ -429,18 +447,27 @@ class Trainer:
         xb, mb, yb = t.x[idx], t.mask[idx], t.y[idx]
         if cfg.augment:
             xb = augment(xb, mb, self.gen)
-        xb, mb, yb = xb.to(device), mb.to(device), yb.to(device)
+        xb, mb, yb = to_device(xb, device), to_device(mb, device), to_device(yb, device)  # pinned, non-blocking on a GPU
         for group in self.opt.param_groups:
             group["lr"] = lr_at(epoch * self.steps_per_epoch + step, self.total_steps, cfg.lr)
-        loss = F.cross_entropy(self.model(xb, mb), yb, label_smoothing=cfg.label_smoothing)
         where = f"at epoch {epoch + 1}, step {step + 1}"
         advice = f"the last good checkpoint is {self.run_dir / ckpt_io.LAST}. Try a lower --lr (now {cfg.lr}) or check the data for extreme values"
-        if not torch.isfinite(loss):
-            raise TrainingError(f"{self.run_dir}: the loss became {loss.item()} {where}; {advice}")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+
+        def forward_backward() -> torch.Tensor:  # repeatable: see Compiler.run
+            with self.amp.autocast():
+                logits = self.model(xb, mb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)  # float32, outside autocast
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{self.run_dir}: the loss became {loss.item()} {where}; {advice}")
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            return loss
+
+        loss = self.compiler.run(forward_backward) if self.compiler is not None else forward_backward()
+        self.scaler.unscale_(self.opt)  # fp16: true gradients before clipping; otherwise nothing
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-        self.opt.step()
+        self.scaler.step(self.opt)  # fp16: skipped when a gradient overflowed (the scale then shrinks)
+        self.scaler.update()
         if not bool(torch.stack([p.isfinite().all() for p in self.model.state_dict().values() if p.is_floating_point()]).all()):
             raise TrainingError(f"{self.run_dir}: the weights became NaN or infinite {where} (the loss was {loss.item():.3g}); {advice}")
         return loss.item()
@@ -449,12 +476,17 @@ class Trainer:
         """The network alone on the validation data, and, with a ridge, the blend of both that validates best."""
         run = self.run
         with self.timed("validate"):
-            net = predict_proba(self.model, run.val, run.device, part="network")
+            net = self._predict(run.val)
         y = run.val.y.numpy()
         if self.ridge_val is None:
             return _scores(net, y)
         blend, scores = choose_blend(net, self.ridge_val, y)
         return {**scores, "blend": blend, "val_acc_network": _scores(net, y)["val_acc"], "val_acc_ridge": _scores(self.ridge_val, y)["val_acc"]}
+
+    def _predict(self, t: Tensors) -> np.ndarray:
+        """The network's probabilities on `t`, at the run's precision (compiled with --compile)."""
+        step = lambda: predict_proba(self.model, t, self.run.device, part="network", precision=self.amp)  # noqa: E731
+        return self.compiler.run(step) if self.compiler is not None else step()
 
     def _end_epoch(self, epoch: int, seconds_from: float) -> tuple[dict, bool]:
         """Re-estimate the norms, validate, keep the best; returns the epoch's metrics and whether the run is done.
@@ -470,7 +502,9 @@ class Trainer:
         final = epoch + 1 == cfg.epochs or out_of_time  # (patience can end the run too, once validated below)
         validate = run.val is not None and (run.every_epoch or final)
         if validate or final:  # before the model is validated, or kept as the final one
-            with self.timed("refresh_norms"):
+            # under the run's autocast: the statistics of what the layers see in use; eagerly, even with --compile
+            # (a few batches, not worth a compiled variant of their own)
+            with self.timed("refresh_norms"), self.amp.autocast(), torch.compiler.set_stance("force_eager"):
                 refresh_batchnorm(self.model, run.train, self.batch_size, run.device)
         if validate:
             metrics.update(self._validate())
@@ -601,6 +635,9 @@ def fit(
         (run_dir / name).unlink(missing_ok=True)
     loop = trainer.loop
     if cfg.epochs > 0:
+        # after plan(), whose probe runs eagerly; $GAA_COMPILE_BACKEND names another torch.compile backend (aot_eager:
+        # the same tracing without generated code, for tests and debugging)
+        trainer.compiler = Compiler(model, cfg.compile, run.device, notes, backend=os.environ.get("GAA_COMPILE_BACKEND") or "inductor")
         done_steps = loop.epoch * trainer.steps_per_epoch + loop.step
         with _stop_on_signals() as stop, TrainProgress(console, trainer.total_steps, done_steps, disable=not show_progress) as progress:
             trainer.train(progress, stop)

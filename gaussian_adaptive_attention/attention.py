@@ -100,6 +100,15 @@ def validity_mask(x: Tensor, mask: Optional[Tensor], padding_value: Optional[flo
     return valid
 
 
+_HALF = (torch.float16, torch.bfloat16)
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this kind of device (False for devices autocast does not know)."""
+    return device_type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type)
+
+
 def attend_layers(
     x: Tensor, layers: Sequence["_HeadAttention"], valid: Optional[Tensor], residual: bool, need_w: bool
 ) -> tuple[Tensor, list[Optional[Tensor]]]:
@@ -117,7 +126,16 @@ def attend_layers(
         valid: None or a bool mask broadcastable to x (True = valid), fixed for all layers.
         residual: each layer returns ``x + x * w`` instead of ``x * w``.
         need_w: return each layer's weights (else a list of None).
+
+    Under autocast (mixed precision) the layers run in an autocast-free region
+    on x in float32: the means, variances, exponentials and normalising sums
+    are never taken in half precision, and on the CPU the fused kernels still
+    apply. The outputs come back in x's dtype.
     """
+    if x.dtype in _HALF and _autocast_on(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            out, ws = attend_layers(x.float(), layers, valid, residual, need_w)  # (B...) float32
+        return out.to(x.dtype), [None if w is None else w.to(x.dtype) for w in ws]
     if _fused.usable(x):
         fused = [layer._fused_layer(x, valid, residual) for layer in layers]
         if all(f is not None for f in fused):

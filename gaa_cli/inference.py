@@ -255,7 +255,8 @@ def explain(loaded: Loaded, data_path: Path | object, opts: ReadOptions | None =
             chunk_probs[idx.numpy()] = e.probs.cpu().numpy()
             for row, i in enumerate(idx.tolist()):
                 chunk_steps[i] = e.steps[row, : int(lengths[i])].cpu().numpy()
-            chunk_channels[idx.numpy()] = e.channels.cpu().numpy()
+            if e.channels is not None:  # None for one channel
+                chunk_channels[idx.numpy()] = e.channels.cpu().numpy()
             progress(len(idx))
         steps += chunk_steps
         channels.append(chunk_channels)

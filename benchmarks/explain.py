@@ -206,7 +206,8 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict:
         pos = None
     run = work / name / "run"
     t0 = time.perf_counter()
-    gaa("train", train, "--out", run, "--seed", args.seed, "--ridge-features", "0", "--quiet", "--force", *args.train_args.split(), threads=args.threads)
+    if not (args.reuse_runs and (run / "best.safetensors").is_file()):
+        gaa("train", train, "--out", run, "--seed", args.seed, "--ridge-features", "0", "--quiet", "--force", *args.train_args.split(), threads=args.threads)
     train_seconds = time.perf_counter() - t0
     loaded = load_model(run, device="cpu")
     model = loaded.model
@@ -249,22 +250,24 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", type=Path, default=None, help="keep Parquet files and runs here (default: a temporary folder)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file (after every set)")
+    p.add_argument("--reuse-runs", action="store_true", help="measure the runs an earlier call left in --work-dir instead of training again")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="gaa-explain-"))
     names = ([] if args.no_pointing else [POINTING]) + args.datasets
+    meta = {"date": datetime.date.today().isoformat(), "args": {k: str(v) for k, v in vars(args).items()}}
     results = []
     for name in names:
         results.append(run_dataset(name, work, args))
         r = results[-1]
         print(f"{name}: trained in {r['train_seconds']:.0f} s, network accuracy {r['accuracy']:.4f}", flush=True)
+        print(table([r]) + "\n", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(table(results))
     print(f"\npointing: top step within the pattern +-{TOLERANCE} steps; drops are network accuracy lost (higher = the deleted steps "
           f"mattered more); captum compared on the first {args.captum_n} test sequences of each set.")
-    if args.json:
-        meta = {"date": datetime.date.today().isoformat(), "args": {k: str(v) for k, v in vars(args).items()}}
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

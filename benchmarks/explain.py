@@ -238,6 +238,26 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compact(results: list[dict]) -> str:
+    """One row per set and method, on the sequences every method was scored on (the first --captum-n)."""
+    methods = ["gaa explain", "IntegratedGradients", "Occlusion", "attention weights", "random map"]
+    lines = ["| set (network acc, sequences) | random window | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for r in results:
+        rows = {row["method"]: row for row in r["rows"] if row["subset"] != "all"}
+        n = next(iter(rows.values()))["sequences"]
+        cells = []
+        for m in methods:
+            row = rows.get(m)
+            if row is None:
+                cells.append("-")
+                continue
+            point = f"point {row['pointing']:.2f}; " if "pointing" in row else ""
+            cells.append(f"{point}{row['top_drop']:.2f} / {row['bottom_drop']:.2f}; {row['seconds_per_sequence'] * 1000:.0f} ms")
+        window = r["window_drop"][next(k for k in r["window_drop"] if k != "all")]
+        lines.append(f"| {r['dataset']} ({r['accuracy']:.3f}, first {n}) | {window:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=DATASETS, help=f"UCR/UEA sets bundled in aeon (default: {' '.join(DATASETS)})")
@@ -252,7 +272,11 @@ def main() -> None:
     p.add_argument("--work-dir", type=Path, default=None, help="keep Parquet files and runs here (default: a temporary folder)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file (after every set)")
     p.add_argument("--reuse-runs", action="store_true", help="measure the runs an earlier call left in --work-dir instead of training again")
+    p.add_argument("--summarise", type=Path, nargs="+", default=None, help="only print the compact table of earlier --json files")
     args = p.parse_args()
+    if args.summarise:
+        print(compact([r for f in args.summarise for r in json.loads(f.read_text())["results"]]))
+        return
     torch.set_num_threads(args.threads)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="gaa-explain-"))
     names = ([] if args.no_pointing else [POINTING]) + args.datasets

@@ -20,6 +20,11 @@ attention weights and the random map are also scored on the whole test split. Se
 time in this process (batches of 64 for `gaa explain`, one sequence at a time for captum), with
 --threads torch threads; only their ratios are meaningful on a shared machine.
 
+Time: training dominates. With the default recipe, Pointing took 11 and GunPoint 10 minutes to train on the
+2-core machine under heavy load from other jobs (about a quarter of that on an idle one); the maps and captum
+(100 sequences) then take 2 to 5 minutes per set. `--train-args "--time-limit 5m"` bounds each training, at the
+price of weaker networks on the slow sets (ArrowHead: 0.606 accuracy instead of about 0.85).
+
     pip install -e ".[bench]"
     OMP_NUM_THREADS=1 python benchmarks/explain.py --json explain.json          # the default run
     python benchmarks/explain.py --datasets GunPoint --captum-n 20 --no-pointing  # a short one

@@ -21,7 +21,7 @@ time in this process (batches of 64 for `gaa explain`, one sequence at a time fo
 --threads torch threads; only their ratios are meaningful on a shared machine.
 
 Time: training dominates. With the default recipe, Pointing took 11 and GunPoint 10 minutes to train on the
-2-core machine under heavy load from other jobs (about a quarter of that on an idle one); the maps and captum
+2-core machine under heavy load from other jobs (GunPoint's took 68 s there when idle, docs/benchmarks.md); the maps and captum
 (100 sequences) then take 2 to 5 minutes per set. `--train-args "--time-limit 5m"` bounds each training, at the
 price of weaker networks on the slow sets (ArrowHead: 0.606 accuracy instead of about 0.85).
 

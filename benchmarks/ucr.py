@@ -12,6 +12,11 @@ layout: one list column per channel), then
     for the first `--ablation-seeds` seeds (default 1, to keep a run short), with
     and without its ridge half;
   - aeon's MiniRocketClassifier (defaults, random_state=0) on the same split.
+With --variants, the script runs the widened ablation instead: for each dataset (also `gestures`, the bundled
+sample in sample_data/, and `Pointing`, the pointing-game set of pointing_data.py) and each named variant of
+the model (VARIANTS below: the default GaussianBlock, a mixture of Gaussians, attention over features, over
+both axes, two layers, the identity, dot-product attention), `gaa train` with the variant's options for every
+seed in --seeds, and a table of the test accuracy of the whole model and of its network alone.
 Variable-length sets (JapaneseVowels) go to gaa as they are; MiniRocket gets a
 copy in which every series is padded to the longest length by repeating its
 last value (MiniRocket needs equal lengths).
@@ -19,6 +24,8 @@ last value (MiniRocket needs equal lengths).
     pip install -e ".[bench]"
     python benchmarks/ucr.py                       # the five datasets, seeds 0 1 2
     python benchmarks/ucr.py --datasets GunPoint --seeds 0 --no-ablation
+    python benchmarks/ucr.py --variants all --seeds 0 1 --datasets GunPoint ArrowHead ItalyPowerDemand \
+        BasicMotions JapaneseVowels OSULeaf ACSF1 PickupGestureWiimoteZ gestures Pointing   # the full ablation
 """
 
 from __future__ import annotations
@@ -37,7 +44,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pointing_data import NAME as POINTING
+from pointing_data import write as write_pointing
+
 DATASETS = ["GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions", "JapaneseVowels"]
+SAMPLE = "gestures"  # sample_data/gestures_{train,test}.parquet
+VARIANTS = {  # name -> `gaa train` options
+    "default": [],
+    "mixture": ["--gaa-mixture"],
+    "features": ["--gaa-axes", "features"],
+    "both axes": ["--gaa-axes", "both"],
+    "two layers": ["--gaa-layers", "2"],
+    "identity": ["--gaa-layers", "0"],
+    "dot": ["--attention", "dot"],
+}
 
 
 def aeon_data_dir() -> Path:
@@ -124,6 +144,49 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def variant_files(name: str, work: Path) -> tuple[Path, Path]:
+    """(train, test) Parquet files of a UCR/UEA set, the bundled gestures sample or the pointing-game set."""
+    if name == SAMPLE:
+        data = Path(__file__).resolve().parents[1] / "sample_data"
+        return data / "gestures_train.parquet", data / "gestures_test.parquet"
+    if name == POINTING:
+        return write_pointing(work / name)
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_parquet(*load_split(name, "TRAIN"), folder / "train.parquet")
+    write_parquet(*load_split(name, "TEST"), folder / "test.parquet")
+    return folder / "train.parquet", folder / "test.parquet"
+
+
+def run_variants(args: argparse.Namespace, work: Path) -> None:
+    """The widened ablation: test accuracy (whole model / network alone) per dataset and variant, mean over seeds."""
+    names = list(VARIANTS) if args.variants == ["all"] else args.variants
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)} or all")
+    rows = []
+    print("| dataset | " + " | ".join(names) + " |\n|---|" + "---|" * len(names), flush=True)
+    for name in args.datasets:
+        train, test = variant_files(name, work)
+        row = {"dataset": name}
+        for v in names:
+            accs, nets, secs = [], [], []
+            for seed in args.seeds:
+                run = work / name / f"{v.replace(' ', '-')}-{seed}"
+                a, s = run_gaa(train, test, run, seed, VARIANTS[v] + args.train_args.split(), args.threads)
+                accs.append(a)
+                secs.append(s)
+                nets.append(branch_accuracies(run, test)[0])
+            row[v] = {"accuracy": accs, "network": nets, "train_seconds": secs}
+        rows.append(row)
+        print(f"| {name} | " + " | ".join(f"{statistics.mean(row[v]['accuracy']):.4f} / {statistics.mean(row[v]['network']):.4f}" for v in names) + " |", flush=True)
+    means = [f"{statistics.mean(statistics.mean(r[v]['accuracy']) for r in rows):.4f} / {statistics.mean(statistics.mean(r[v]['network']) for r in rows):.4f}" for v in names]
+    print("| **mean** | " + " | ".join(means) + " |")
+    print(f"\neach cell: test accuracy of the whole model / of its network alone, mean over seeds {args.seeds}")
+    if args.json:
+        args.json.write_text(json.dumps({"variants": {v: VARIANTS[v] for v in names}, "seeds": args.seeds, "train_args": args.train_args, "rows": rows}, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=DATASETS, help="subset of datasets (any classification set in aeon's data folder)")
@@ -134,12 +197,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", type=Path, default=None, help="keep Parquet files and runs here (default: a temporary folder)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--variants", nargs="+", default=None, help=f"run the widened ablation instead: any of {list(VARIANTS)}, or all")
+    p.add_argument("--train-args", default="", help='extra `gaa train` options for the ablation, one string (e.g. "--time-limit 60s")')
     args = p.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="gaa-ucr-"))
+    if args.variants:
+        run_variants(args, work)
+        return
     rows = []
     header = f"{'dataset':<18} {'gaa acc':>17} {'MiniRocket':>10} {'gaa train s':>12} {'MR fit s':>9} {'network alone':>17} {'ridge alone':>17} {'no-GAA acc':>17} {'GAA - none':>10} {'no-GAA network':>17}"
     print(header, flush=True)

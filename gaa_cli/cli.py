@@ -375,7 +375,7 @@ def explain(
     features: FeaturesOverride = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Show what each prediction depends on: an importance for every input step (and every channel), from the network's attention."""
+    """Show what each prediction depends on: an importance for every input step (and every channel), from the network's exact step-by-step split of its logits."""
     with _reported():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -79,6 +79,10 @@ class TrainConfig:
         None, "Wall-time budget of the whole command, e.g. 90s, 10m, 2h: the network's schedule is planned to end inside it, "
         "and the ridge half is saved first \\[default: no limit].", "Training")
     device: str = option("auto", "auto, cpu, cuda or cuda:N \\[default: auto].", "Run")
+    stream: bool | None = option(
+        None, "Stream the training data from Parquet row groups through a shuffle buffer instead of loading it whole "
+        "(wide or list layout) \\[default: above --stream-above].", "Data", flag="--stream/--no-stream")
+    stream_above: float = option(4.0, "Stream Parquet training data whose uncompressed size is above this many GB \\[default: 4].", "Data")
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,8 @@ def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | Non
             parse_duration(train.time_limit)
         except ValueError:
             raise bad("time_limit", train.time_limit, "a duration such as 90s, 10m or 2h (or a number of seconds)") from None
+    if not (math.isfinite(train.stream_above) and train.stream_above >= 0):
+        raise bad("stream_above", train.stream_above, "a number of GB, at least 0")
     if not 0 <= train.seed <= 2**63 - 1:  # what both numpy and torch accept
         raise bad("seed", train.seed, f"an integer from 0 to {2**63 - 1}")
     device = train.device.strip().lower()

@@ -21,6 +21,7 @@ merged on every rank, so all agree on the statistics; every rank takes the same 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 from .data import Schema, SequenceData, load_frame
 from .data.read import _folder_files
 from .distributed import Dist
-from .errors import DataError, UsageError
+from .errors import DataError, GaaError, UsageError
 from .tensors import Tensors, class_list, plain, to_tensors
 
 __all__ = ["STREAM_ABOVE_GB", "VAL_MAX", "SAMPLE_MAX", "BUFFER_BYTES", "Group", "row_groups", "uncompressed_bytes", "should_stream",
@@ -41,7 +42,7 @@ __all__ = ["STREAM_ABOVE_GB", "VAL_MAX", "SAMPLE_MAX", "BUFFER_BYTES", "Group", 
 STREAM_ABOVE_GB = 4.0  # default --stream-above: Parquet data above this many GB (uncompressed) is streamed
 VAL_MAX = 10_000  # held-out samples kept in memory, at most
 SAMPLE_MAX = 4_096  # training samples kept in memory: the ridge's fit, BatchNorm's re-estimation, a time limit's plan
-BUFFER_BYTES = 256 << 20  # the shuffle buffer's size, in bytes of normalised tensors
+BUFFER_BYTES = 256 << 20  # the shuffle buffer's size, in bytes of normalised tensors; $GAA_STREAM_BUFFER_MB
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,29 @@ class StreamedData:
     # --- the first pass
 
     def survey(self, seed: int, dist: Dist) -> Survey:
-        """Read this rank's row groups once; the ranks' surveys merged, on every rank."""
+        """Read this rank's row groups once; the ranks' surveys merged, on every rank. A problem in any rank's row
+        groups stops every rank, with the first such rank's message (which rank 0 prints)."""
+        try:
+            s, error = self._survey(seed, dist), None
+        except GaaError as e:
+            if not dist.active:
+                raise
+            s, error = None, e
+        if not dist.active:
+            return s
+        import torch.distributed as td
+
+        parts: list = [None] * dist.world
+        td.all_gather_object(parts, (s, error))
+        errors = [e for _, e in parts if e is not None]
+        if errors:
+            raise errors[0]
+        merged = Survey()
+        for part, _ in parts:  # in rank order: the same merge on every rank
+            merged.merge(part)
+        return merged
+
+    def _survey(self, seed: int, dist: Dist) -> Survey:
         s = Survey()
         for k in self.mine(dist):
             data, rows = self.read_group(k)
@@ -274,16 +297,7 @@ class StreamedData:
             s.val.offer(unit_hash(rows, seed), rows, data)
             s.sample.offer(unit_hash(rows, seed + 1), rows, data)
             s.missing += data.missing
-        if not dist.active:
-            return s
-        import torch.distributed as td
-
-        parts: list = [None] * dist.world
-        td.all_gather_object(parts, s)
-        merged = Survey()
-        for part in parts:  # in rank order: the same merge on every rank
-            merged.merge(part)
-        return merged
+        return s
 
     # --- each epoch
 
@@ -306,7 +320,7 @@ class StreamedData:
                     continue
                 t = to_tensors(data.subset(keep) if not keep.all() else data, norm, classes, fill)
                 held.append(_pad(t, length))
-                capacity = capacity or max(2 * batch, BUFFER_BYTES // (held[0].x[0].numel() * 4 + length))
+                capacity = capacity or max(2 * batch, _buffer_bytes() // (held[0].x[0].numel() * 4 + length))
                 n_held += len(t)
                 produced += len(t)
                 if n_held >= capacity:
@@ -394,6 +408,11 @@ class Plan:
 
         stream = self.data.batches(self.cut, self.seed, self.norm, self.classes, self.fill, self.length, self.batch, epoch, self.dist)
         return itertools.islice(stream, skip, self.steps)
+
+
+def _buffer_bytes() -> int:
+    raw = os.environ.get("GAA_STREAM_BUFFER_MB", "").strip()
+    return int(float(raw) * (1 << 20)) if raw else BUFFER_BYTES
 
 
 def _pad(t: Tensors, length: int) -> Tensors:

@@ -478,14 +478,14 @@ class Trainer:
         cfg, t, device = self.run.train_cfg, self.run.train, self.run.device
         if self.batches is not None:  # streamed: this rank's part of the batch, from its own row groups
             b = next(self.batches)
-            xb, mb, yb, idx = b.x, b.mask, b.y, b.y
+            xb, mb, yb = b.x, b.mask, b.y
         else:
             idx = self.perm[step * self.batch_size : (step + 1) * self.batch_size]
             xb, mb, yb = t.x[idx], t.mask[idx], t.y[idx]
         if cfg.augment:
             xb = augment(xb, mb, self.gen)
         if self.dist.active and self.batches is None:  # the whole batch is drawn and augmented on every rank (the same random stream), each steps on its part
-            part = self.dist.shard(torch.arange(len(idx)))
+            part = self.dist.shard(torch.arange(len(yb)))
             xb, mb, yb = xb[part], mb[part], yb[part]
         xb, mb, yb = xb.to(device), mb.to(device), yb.to(device)
         for group in self.opt.param_groups:

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from rich.console import Console
 
 from gaa_cli import streaming
@@ -90,3 +91,26 @@ def test_stream_refuses_csv_and_the_long_layout(tmp_path):
         streaming.StreamedData(long, dict(READ))
     assert not streaming.should_stream(long, None, 4.0)  # small: loaded whole
     assert streaming.should_stream(long, None, 0.0)  # above the threshold (0 GB)
+
+
+def test_an_epoch_read_again_from_a_step_gives_the_same_batches(tmp_path, monkeypatch):
+    """What a resumed streamed run relies on: an epoch's batches are a function of the seed, the epoch and the
+    rank, so reading past the first k gives exactly the batches k, k + 1, ...; the buffer is small here, so
+    batches come out before every row group is read."""
+    monkeypatch.setenv("GAA_STREAM_BUFFER_MB", "0.01")
+    path = _file(tmp_path / "d.parquet")
+    data = streaming.StreamedData(path, dict(READ))
+    s = data.survey(0, Dist())
+    sp = streaming.split(s, 0.2, 0)
+    norm, classes = streaming.normalization(s, str(path)), streaming.class_names(s.labels)
+    plan = streaming.Plan(data, sp.cut, 0, norm, classes, "mean", s.max_length, 16, 12, sp.n_train, Dist())
+    whole = list(plan.epoch(3))
+    assert len(whole) == 12 and all(len(b) == 16 for b in whole)
+    again = list(plan.epoch(3, skip=5))
+    assert len(again) == 7
+    for a, b in zip(whole[5:], again, strict=True):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    other = list(plan.epoch(4))
+    assert not all(torch.equal(a.y, b.y) for a, b in zip(whole, other))  # another epoch, another order
+    held = set(s.val.rows[sp.val].tolist())
+    assert len(held) and sp.n_train + len(held) == s.n

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -232,6 +233,8 @@ class StreamedData:
         g = self.groups[k]
         table = pq.ParquetFile(g.path).read_row_group(g.index)
         data = load_frame(table, name=self._name(k), schema=Schema.from_dict(self.schema.to_dict()), min_classes=1, **self.read)
+        del table
+        pa.default_memory_pool().release_unused()  # else Arrow's allocator keeps every row group's buffers cached
         rows = g.first + np.arange(len(data.lengths), dtype=np.int64)
         if not data.lengths.all():
             keep = data.lengths > 0

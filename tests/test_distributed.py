@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import ROOT, SAMPLES, run_gaa
@@ -127,3 +128,26 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0(tmp_path):
     assert r.returncode != 0
     errors = [line for line in _gaa_lines(r.stderr) if line.startswith("gaa: error:")]
     assert errors == [f"gaa: error: {taken}: exists and is not a directory; choose another --out"], r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_stream_their_own_row_groups_to_the_same_split(tmp_path):
+    """Streamed under torchrun: each rank surveys and trains on its own row groups; the merged first pass gives
+    the split and the statistics one process finds."""
+    from gaa_cli import streaming
+    from gaa_cli.distributed import Dist
+    from gaa_cli.inference import load_model
+
+    from .test_streaming import READ, _file
+
+    path = _file(tmp_path / "d.parquet", n=240, groups=6)
+    r = _run(torchrun("train", path, "--stream", "--out", tmp_path / "run", "--epochs", "2", "--val-split", "0.25", *MODEL), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = load_model(tmp_path / "run").meta
+    assert meta["stream"]["processes"] == 2
+    one = streaming.StreamedData(path, dict(READ)).survey(0, Dist())
+    sp = streaming.split(one, 0.25, 0)
+    assert meta["n_train_samples"] == sp.n_train and meta["stream"]["validation_hash_below"] == sp.cut
+    norm = streaming.normalization(one, str(path))
+    for key in ("mean", "std"):
+        np.testing.assert_allclose(meta["normalization"][key], norm[key], rtol=1e-9)

@@ -76,7 +76,10 @@ values = data.x.size
 run = prepare(data, None, ModelConfig(), TrainConfig(device="cpu"), {})
 held = proc.memory_info().rss - before
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-print(json.dumps({"values": values, "held": held, "peak": peak, "train_bytes": run.train.x.nbytes + run.train.mask.nbytes}))
+import pyarrow
+pyarrow.default_memory_pool().release_unused()  # what gaa train does after loading (runs.py)
+released = proc.memory_info().rss - before
+print(json.dumps({"values": values, "held": held, "peak": peak, "released": released, "train_bytes": run.train.x.nbytes + run.train.mask.nbytes}))
 """
 
 
@@ -88,6 +91,7 @@ def train_memory(folder: Path, n: int) -> None:
     print(f"\ntraining memory, list layout, {n:,} sequences x 64 steps x 2 channels = {v:,} values (raw float32: 4 bytes each)")
     print(f"  held after train.prepare (the loaded data + the training tensors): {m['held'] / v:5.1f} bytes a value")
     print(f"  peak while loading and preparing:                              {m['peak'] / v:5.1f} bytes a value")
+    print(f"  held once Arrow's allocator has released its cached memory:     {m['released'] / v:5.1f} bytes a value")
     print(f"  the training tensors themselves (x float32 + mask):            {m['train_bytes'] / v:5.1f} bytes a value")
 
 

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -73,7 +74,14 @@ class Format(str, Enum):
     parquet = "parquet"
 
 
+def _other_rank() -> bool:
+    """A process of a torchrun group other than rank 0: it works silently; rank 0 speaks for the run (distributed.py)."""
+    return os.environ.get("RANK", "0").strip() not in ("", "0") and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
+
+
 def _say(kind: str, message: str) -> None:
+    if _other_rank():
+        return
     # one line, whatever the message holds: a newline in a file name must not split it
     message = message.replace("\r", "\\r").replace("\n", "\\n")
     sys.stderr.write(f"gaa: {kind}: {message}\n")
@@ -223,6 +231,8 @@ def train(
             model_options=options_of(ModelConfig, options), train_options=options_of(TrainConfig, options), started=_state["started"],
         )
         result = run_training(request, console=err, show_progress=not quiet, notes=_notes)
+        if _other_rank():
+            return
         table = Table(title="gaa train", show_header=False, title_justify="left")
         table.add_row("run directory", Text(str(result.run_dir)))
         table.add_row("best checkpoint", Text(str(result.best_path)))

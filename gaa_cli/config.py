@@ -85,6 +85,10 @@ class TrainConfig:
         "or fp16 (CUDA only); parameters and checkpoints stay float32 \\[default: auto].", "Run", choices=PRECISIONS)
     compile: bool = option(False, "Compile the network with torch.compile: a slower start for faster steps; runs eagerly, "
                            "with a note, where compiling is unavailable or fails \\[default: off].", "Run", flag="--compile/--no-compile")
+    stream: bool | None = option(
+        None, "Stream the training data from Parquet row groups through a shuffle buffer instead of loading it whole "
+        "(wide or list layout) \\[default: above --stream-above].", "Data", flag="--stream/--no-stream")
+    stream_above: float = option(4.0, "Stream Parquet training data whose uncompressed size is above this many GB \\[default: 4].", "Data")
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ def validate(model: ModelConfig, train: TrainConfig, where: dict[str, str] | Non
             parse_duration(train.time_limit)
         except ValueError:
             raise bad("time_limit", train.time_limit, "a duration such as 90s, 10m or 2h (or a number of seconds)") from None
+    if not (math.isfinite(train.stream_above) and train.stream_above >= 0):
+        raise bad("stream_above", train.stream_above, "a number of GB, at least 0")
     if not 0 <= train.seed <= 2**63 - 1:  # what both numpy and torch accept
         raise bad("seed", train.seed, f"an integer from 0 to {2**63 - 1}")
     if train.precision not in PRECISIONS:

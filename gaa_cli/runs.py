@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import checkpoint as ckpt_io
+from . import distributed, streaming
 from .config import ModelConfig, TrainConfig, load_toml, merge, validate
 from .data import ReadOptions, Schema, SequenceData, load
 from .device import resolve_device
@@ -87,18 +89,32 @@ def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Call
     train_cfg = merge(TrainConfig, file_train, req.train_options, "command line")
     validate(model_cfg, train_cfg)
     resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
+    with distributed.session(train_cfg.device):
+        return _train_new(req, model_cfg, train_cfg, console=console, show_progress=show_progress, notes=notes)
+
+
+def _train_new(req: TrainRequest, model_cfg: ModelConfig, train_cfg: TrainConfig, *, console, show_progress: bool,
+               notes: Callable[[list[str]], None]) -> TrainResult:
+    dist = distributed.current()
+    show_progress = show_progress and dist.is_main
     opts = req.read
-    data = _loaded(load(req.data, **{"label": "label", **opts.roles()}, need_labels=True, allow_missing=opts.allow_missing,
-                        min_classes=2, min_length=MIN_LENGTH, skip_empty=opts.skip_empty))
+    read = dict(need_labels=True, allow_missing=opts.allow_missing, min_length=MIN_LENGTH, skip_empty=opts.skip_empty)
+    streamed = streaming.should_stream(req.data, train_cfg.stream, train_cfg.stream_above)
+    if streamed:  # read row group by row group during training (streaming.py)
+        data = streaming.StreamedData(req.data, {"label": "label", **opts.roles(), **read})
+    else:
+        data = _loaded(load(req.data, **{"label": "label", **opts.roles()}, min_classes=2, **read))
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps the freed tables otherwise: 3x the data's size
     val = None
     if req.val is not None:
-        val = _loaded(load(req.val, schema=data.schema, need_labels=True, allow_missing=opts.allow_missing, min_length=MIN_LENGTH,
-                           skip_empty=opts.skip_empty))
-        _check_val_labels(val, data, req.val, req.data)
-    check_channels(data)
-    run_dir = req.out if req.out is not None else _new_run_dir(req.data)
-    replaced = _prepare_run_dir(run_dir, req.force)
-    with RunLock(run_dir):
+        val = _loaded(load(req.val, schema=data.schema, **read))
+        if not streamed:  # a streamed run knows its labels after its first pass; an unseen one counts as wrong
+            _check_val_labels(val, data, req.val, req.data)
+    if not streamed:
+        check_channels(data)
+    # rank 0 names, checks and locks the run directory; the other ranks follow its outcome (see distributed.py)
+    run_dir, replaced = dist.main_first(lambda: _run_dir_for(req))
+    with _locked(run_dir, dist):
         notes(data.notes)
         if val is not None:
             notes(val.notes)
@@ -106,8 +122,26 @@ def run_training(req: TrainRequest, *, console, show_progress: bool, notes: Call
                    "fill": opts.fill, "skip_empty": str(opts.skip_empty)}
         result = fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, sources=sources, fill=opts.fill,
                      replaces=replaced, notes=notes, started=req.started)
-        notes(_draw_curves(result))
+        if dist.is_main:
+            notes(_draw_curves(result))
         return result
+
+
+def _run_dir_for(req: TrainRequest) -> tuple[Path, list[str]]:
+    run_dir = req.out if req.out is not None else _new_run_dir(req.data)
+    return run_dir, _prepare_run_dir(run_dir, req.force)
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, dist: distributed.Dist) -> Iterator[None]:
+    """RunLock on rank 0 (one writer per run directory); the other ranks go on only once it holds it, and stop
+    with its error when it cannot."""
+    lock = RunLock(run_dir)
+    dist.main_first(lambda: lock.__enter__() and None)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _draw_curves(result: TrainResult) -> list[str]:
@@ -164,6 +198,15 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
         if req.train_options.get(name) is not None:
             setattr(train_cfg, name, req.train_options[name])
     resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
+    with distributed.session(train_cfg.device):
+        return _resume_run(req, ck, model_cfg, train_cfg, console=console, show_progress=show_progress, notes=notes)
+
+
+def _resume_run(req: TrainRequest, ck: ckpt_io.Checkpoint, model_cfg: ModelConfig, train_cfg: TrainConfig, *, console, show_progress: bool,
+                notes: Callable[[list[str]], None]) -> TrainResult:
+    dist = distributed.current()
+    show_progress = show_progress and dist.is_main
+    run_dir, last = req.resume, req.resume / ckpt_io.LAST
     sources = ck.meta.get("sources", {})
     if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
         raise CheckpointError(f"{last}: checkpoint 'sources' must map names to paths; the file is corrupted")
@@ -175,12 +218,17 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
     if fill not in FILLS:
         raise CheckpointError(f"{last}: checkpoint 'sources' names an unknown fill {fill!r}; the file is corrupted")
     read = dict(need_labels=True, allow_missing=allow_missing, min_length=MIN_LENGTH, skip_empty=skip_empty)
-    data = _loaded(load(data_path, schema=Schema.from_dict(ck.meta["schema"]), **read))
+    if sources.get("stream") == "True":  # the fingerprint is checked after the first pass (train.Trainer.restore)
+        data = streaming.StreamedData(data_path, read, schema=Schema.from_dict(ck.meta["schema"]))
+    else:
+        data = _loaded(load(data_path, schema=Schema.from_dict(ck.meta["schema"]), **read))
+        pa.default_memory_pool().release_unused()
     val = _loaded(load(Path(sources["val"]), schema=data.schema, **read)) if sources.get("val") else None
-    if fingerprint(data) != ck.meta["resume"]["fingerprint"]:
+    if not isinstance(data, streaming.StreamedData) and fingerprint(data) != ck.meta["resume"]["fingerprint"]:
         raise UsageError(f"{data_path}: differs from the data run {run_dir} was trained on; resume with the same file, or start a new run")
-    with RunLock(run_dir):
-        _remove_stale_temps(run_dir)
+    with _locked(run_dir, dist):
+        if dist.is_main:
+            _remove_stale_temps(run_dir)
         notes(data.notes)
         if val is not None:
             notes(val.notes)
@@ -188,7 +236,8 @@ def _resume(req: TrainRequest, *, console, show_progress: bool, notes: Callable[
         notes([f"resuming {run_dir} at epoch {loop['epoch'] + 1}, step {loop['step'] + 1}"])
         result = fit(data, val, model_cfg, train_cfg, run_dir, console=console, show_progress=show_progress, resume=ck, sources=sources, fill=fill,
                      notes=notes, started=req.started)
-        notes(_draw_curves(result))
+        if dist.is_main:
+            notes(_draw_curves(result))
         return result
 
 

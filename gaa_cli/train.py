@@ -37,11 +37,12 @@ from rich.console import Console
 
 from . import __version__
 from . import checkpoint as ckpt_io
+from . import distributed, streaming
 from .compiled import Compiler
 from .config import SMALL, DataShape, ModelConfig, TrainConfig, parse_duration, resolve, to_toml
 from .data import SequenceData
 from .device import resolve_device, to_device
-from .errors import Interrupted, Terminated, TrainingError, UsageError
+from .errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from .files import atomic_write_text
 from .model import MIN_LENGTH, SequenceClassifier
 from .precision import resolve_precision
@@ -96,6 +97,7 @@ class Prepared:
     meta: dict  # what every checkpoint of the run records besides its weights
     every_epoch: bool = True  # validate (and keep the best of) every epoch; else only the last: a small set's
     # held-out part is too small to choose epochs, and only weighs the network against the ridge
+    stream: streaming.Plan | None = None  # a streamed run's batches (then `train` is its bounded in-memory sample)
 
 
 @dataclass
@@ -131,6 +133,8 @@ def prepare(
     fill: str = "mean",
 ) -> Prepared:
     """Fit the normalisation, resolve the configs from the data's shape, and split off validation data."""
+    if isinstance(data, streaming.StreamedData):
+        return _prepare_streamed(data, val_data, model_cfg, train_cfg, sources, fill)
     assert data.lengths.min() >= MIN_LENGTH, "load() refuses sequences shorter than MIN_LENGTH"
     classes = class_list(data.labels)
     norm = fit_normalization(data)
@@ -161,6 +165,48 @@ def prepare(
     }
     every_epoch = val_data is not None or shape.n_samples >= SMALL
     return Prepared(model_cfg, train_cfg, shape, classes, norm, device, train, val, fingerprint(data), meta, every_epoch)
+
+
+def _prepare_streamed(
+    data: streaming.StreamedData, val_data: SequenceData | None, model_cfg: ModelConfig, train_cfg: TrainConfig, sources: dict[str, str],
+    fill: str,
+) -> Prepared:
+    """`prepare` for data streamed from Parquet (see streaming.py): a first pass over the row groups gives what
+    `prepare` computes on data in memory; the validation split and a bounded training sample stay in memory."""
+    dist = distributed.current()
+    s = data.survey(train_cfg.seed, dist)
+    classes = streaming.class_names(s.labels)
+    if len(classes) < 2:
+        raise DataError(f"{data.source}: label column {data.schema.label!r} has only {len(classes)} class(es); training needs at least 2 classes")
+    norm = streaming.normalization(s, data.source)
+    shape = DataShape(s.n, s.max_length, s.channels, len(classes))
+    model_cfg, train_cfg = resolve(model_cfg, train_cfg, shape)
+    train_cfg.stream = True  # recorded: a resumed run streams too
+    device = resolve_device(train_cfg.device)
+    cut = train_cfg.val_split if val_data is None else 0.0
+    sp = streaming.split(s, cut, train_cfg.seed)
+    kept = dict(length=s.max_length, schema=data.schema, source=data.source, norm=norm, classes=classes, fill=fill)
+    val = to_tensors(val_data, norm, classes, fill) if val_data is not None else None
+    if val_data is None and sp.val.any():
+        val = streaming.in_memory(s.val, sp.val, **kept)
+    train = streaming.in_memory(s.sample, sp.sample, **kept)
+    per_rank = max(1, round(train_cfg.batch_size / dist.world))  # --batch-size is the global batch
+    steps = math.ceil(sp.n_train / (per_rank * dist.world))
+    plan_ = streaming.Plan(data, sp.cut, train_cfg.seed, norm, classes, fill, s.max_length, per_rank, steps, sp.n_train, dist)
+    meta = {
+        "model_config": dataclasses.asdict(model_cfg),
+        "train_config": dataclasses.asdict(train_cfg),
+        "classes": classes,
+        "schema": data.schema.to_dict(),
+        "normalization": norm,
+        "lengths": {"min": s.min_length, "max": s.max_length, "mean": s.total_length / max(1, s.n)},
+        "n_train_samples": sp.n_train,
+        "sources": dict(sources, stream="True"),
+        "stream": {"row_groups": len(data.groups), "validation_hash_below": sp.cut, "ridge_sample": len(train), "processes": dist.world},
+        "versions": {"gaa": __version__, "torch": torch.__version__, "format": ckpt_io.FORMAT_VERSION},
+    }
+    every_epoch = val_data is not None or shape.n_samples >= SMALL
+    return Prepared(model_cfg, train_cfg, shape, classes, norm, device, train, val, streaming.fingerprint(s), meta, every_epoch, plan_)
 
 
 # --- phase 2: the ridge classifier -----------------------------------------------------------
@@ -336,6 +382,8 @@ class Trainer:
 
     def __init__(self, run: Prepared, model: SequenceClassifier, run_dir: Path, ridge: dict | None) -> None:
         self.run, self.model, self.run_dir = run, model, run_dir
+        self.dist = distributed.current()
+        self.net = self.dist.wrap(model, run.device)  # what the optimiser steps run through (DDP under torchrun)
         cfg = run.train_cfg
         self.amp = resolve_precision(cfg.precision, run.device)  # autocast of every forward pass (precision.py)
         self.scaler = self.amp.grad_scaler()  # enabled for fp16 on CUDA only
@@ -343,9 +391,10 @@ class Trainer:
         self.meta = dict(run.meta, ridge=ridge, precision=self.amp.name)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.n = len(run.train)
+        self.n = len(run.train) if run.stream is None else run.stream.n_train
         self.batch_size = min(cfg.batch_size, self.n)
-        self.steps_per_epoch = math.ceil(self.n / self.batch_size)
+        self.steps_per_epoch = math.ceil(self.n / self.batch_size) if run.stream is None else run.stream.steps
+        self.batches: Iterator[Tensors] | None = None  # a streamed run's batches of this epoch (this rank's part of each)
         self.loop = LoopState()
         self.perm = torch.empty(0, dtype=torch.long)  # this epoch's sample order, drawn at its start
         self.losses: list[float] = []  # this epoch's losses so far
@@ -360,7 +409,8 @@ class Trainer:
         model, run = self.model, self.run
         if self._ridge_val is None and model.ridge is not None and model.ridge.fitted and run.val is not None:
             with self.timed("validate"):
-                self._ridge_val = predict_proba(model, run.val, run.device, part="ridge", precision=self.amp)
+                self._ridge_val = self.dist.gather_rows(
+                    len(run.val), lambda rows: predict_proba(model, run.val.subset(rows), run.device, part="ridge", precision=self.amp))
         return self._ridge_val
 
     @property
@@ -417,8 +467,9 @@ class Trainer:
             meta = dict(self.meta, kind="last", epoch=epoch, metrics=history[-1] if history else {})
             meta["resume"] = {"loop": self.loop.to_dict(), "fingerprint": self.run.fingerprint, "param_groups": ckpt_io.param_groups(self.opt)}
             path = self.run_dir / ckpt_io.LAST
-            ckpt_io.save(path, ckpt_io.Checkpoint(meta, self.model.state_dict(), state))
-            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+            if self.dist.is_main:  # the state is the same on every rank: one writes it
+                ckpt_io.save(path, ckpt_io.Checkpoint(meta, self.model.state_dict(), state))
+                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
         return path
 
     def save_best(self, epoch: int, metrics: dict) -> None:
@@ -427,7 +478,8 @@ class Trainer:
             if "blend" in metrics:
                 self.model.blend.fill_(metrics["blend"])
             meta = dict(self.meta, kind="best", epoch=epoch, metrics=metrics)
-            ckpt_io.save(self.run_dir / ckpt_io.BEST, ckpt_io.Checkpoint(meta, self.model.state_dict(), {}))
+            if self.dist.is_main:
+                ckpt_io.save(self.run_dir / ckpt_io.BEST, ckpt_io.Checkpoint(meta, self.model.state_dict(), {}))
 
     def save_ridge_first(self) -> dict:
         """Ridge first: the ridge alone, saved as the best model before the network's first step; its metrics."""
@@ -443,40 +495,51 @@ class Trainer:
 
     def _step(self, epoch: int, step: int) -> float:
         cfg, t, device = self.run.train_cfg, self.run.train, self.run.device
-        idx = self.perm[step * self.batch_size : (step + 1) * self.batch_size]
-        xb, mb, yb = t.x[idx], t.mask[idx], t.y[idx]
+        if self.batches is not None:  # streamed: this rank's part of the batch, from its own row groups
+            b = next(self.batches)
+            xb, mb, yb = b.x, b.mask, b.y
+        else:
+            idx = self.perm[step * self.batch_size : (step + 1) * self.batch_size]
+            xb, mb, yb = t.x[idx], t.mask[idx], t.y[idx]
         if cfg.augment:
             xb = augment(xb, mb, self.gen)
+        if self.dist.active and self.batches is None:  # the whole batch is drawn and augmented on every rank (the same random stream), each steps on its part
+            part = self.dist.shard(torch.arange(len(yb)))
+            xb, mb, yb = xb[part], mb[part], yb[part]
         xb, mb, yb = to_device(xb, device), to_device(mb, device), to_device(yb, device)  # pinned, non-blocking on a GPU
         for group in self.opt.param_groups:
             group["lr"] = lr_at(epoch * self.steps_per_epoch + step, self.total_steps, cfg.lr)
         where = f"at epoch {epoch + 1}, step {step + 1}"
         advice = f"the last good checkpoint is {self.run_dir / ckpt_io.LAST}. Try a lower --lr (now {cfg.lr}) or check the data for extreme values"
 
-        def forward_backward() -> torch.Tensor:  # repeatable: see Compiler.run
+        def forward_backward() -> tuple[torch.Tensor, float]:  # repeatable: see Compiler.run
             with self.amp.autocast():
-                logits = self.model(xb, mb)
+                logits = self.net(xb, mb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)  # float32, outside autocast
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{self.run_dir}: the loss became {loss.item()} {where}; {advice}")
+            value = loss.item()
+            if self.dist.active:  # every rank stops on a non-finite loss on any; the loss reported is the mean over ranks
+                _, bad, value = self.dist.agree_step(False, loss)
+                value = math.nan if bad else value
+            if not math.isfinite(value):
+                raise TrainingError(f"{self.run_dir}: the loss became {value} {where}; {advice}")
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            return loss
+            return loss, value
 
-        loss = self.compiler.run(forward_backward) if self.compiler is not None else forward_backward()
+        _, value = self.compiler.run(forward_backward) if self.compiler is not None else forward_backward()
         self.scaler.unscale_(self.opt)  # fp16: true gradients before clipping; otherwise nothing
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
         self.scaler.step(self.opt)  # fp16: skipped when a gradient overflowed (the scale then shrinks)
         self.scaler.update()
         if not bool(torch.stack([p.isfinite().all() for p in self.model.state_dict().values() if p.is_floating_point()]).all()):
-            raise TrainingError(f"{self.run_dir}: the weights became NaN or infinite {where} (the loss was {loss.item():.3g}); {advice}")
-        return loss.item()
+            raise TrainingError(f"{self.run_dir}: the weights became NaN or infinite {where} (the loss was {value:.3g}); {advice}")
+        return value
 
     def _validate(self) -> dict[str, float]:
         """The network alone on the validation data, and, with a ridge, the blend of both that validates best."""
         run = self.run
         with self.timed("validate"):
-            net = self._predict(run.val)
+            net = self.dist.gather_rows(len(run.val), lambda rows: self._predict(run.val.subset(rows)))
         y = run.val.y.numpy()
         if self.ridge_val is None:
             return _scores(net, y)
@@ -498,7 +561,7 @@ class Trainer:
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
                    "lr": lr_at((epoch + 1) * self.steps_per_epoch - 1, self.total_steps, cfg.lr)}
         steps_s = time.perf_counter() - seconds_from
-        out_of_time = self.deadline is not None and time.monotonic() + steps_s > self.deadline
+        out_of_time = self.dist.broadcast(self.deadline is not None and time.monotonic() + steps_s > self.deadline)  # rank 0's clock decides
         final = epoch + 1 == cfg.epochs or out_of_time  # (patience can end the run too, once validated below)
         validate = run.val is not None and (run.every_epoch or final)
         if validate or final:  # before the model is validated, or kept as the final one
@@ -535,13 +598,15 @@ class Trainer:
             t0 = time.perf_counter()
             self.model.train()
             if self.loop.step == 0:
-                self.perm = torch.randperm(self.n, generator=self.gen)
+                self.perm = torch.randperm(self.n, generator=self.gen) if self.run.stream is None else self.perm
                 self.losses = []
+            if self.run.stream is not None:
+                self.batches = self.run.stream.epoch(epoch, skip=self.loop.step)
             with self.timed("steps"):
                 for step in range(self.loop.step, self.steps_per_epoch):
                     self.losses.append(self._step(epoch, step))
                     progress.step(epoch + 1, epochs, float(np.mean(self.losses)))
-                    if stop.set:
+                    if self.dist.any(stop.set) if self.dist.active else stop.set:  # every rank stops at the same step
                         self.loop.seconds += time.perf_counter() - t0
                         raise Interrupted(self.save_last(epoch, step + 1), terminated=stop.terminated)
             metrics, done = self._end_epoch(epoch, t0)
@@ -584,12 +649,19 @@ def fit(
     started = time.monotonic() if started is None else started
     t0 = time.perf_counter()
     run = prepare(data, val_data, model_cfg, train_cfg, sources or {}, fill)
+    dist = distributed.current()
+    run.device = dist.device(run.device)
     cfg = run.train_cfg
     torch.manual_seed(cfg.seed)
     model = SequenceClassifier(run.model_cfg, run.shape.channels, len(run.classes)).to(run.device)
     prepare_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ridge = _saved_ridge(resume.meta) if resume is not None else fit_ridge(model, run, console, show_progress)
+    if resume is not None:
+        ridge = _saved_ridge(resume.meta)
+    else:  # under torchrun, rank 0 fits it and the others receive it
+        ridge = dist.main_first(lambda: fit_ridge(model, run, console, show_progress))
+        if model.ridge is not None:
+            dist.share(model.ridge)
     ridge_s = time.perf_counter() - t0
     trainer = Trainer(run, model, run_dir, ridge)
     trainer.timings.update(prepare=prepare_s, ridge=ridge_s)
@@ -610,8 +682,8 @@ def fit(
             budget = parse_duration(cfg.time_limit)
             left = budget - (time.monotonic() - started)
             with trainer.timed("plan"):
-                if left > 0:
-                    epochs, result_plan = plan(run, model, trainer.steps_per_epoch, trainer.batch_size, left)
+                if left > 0:  # timed on rank 0, for every rank
+                    epochs, result_plan = dist.main_first(lambda: plan(run, model, trainer.steps_per_epoch, trainer.batch_size, left))
                 else:  # spent before the network could start (loading, the ridge)
                     epochs, result_plan = 0, {"budget_s": round(left, 3), "epoch_s": float("nan"), "epochs": 0, "steps": 0, "default_epochs": cfg.epochs}
             if epochs == 0 and ridge is None:
@@ -630,8 +702,9 @@ def fit(
         trainer.deadline = time.monotonic() + parse_duration(cfg.time_limit) - (time.monotonic() - started) - trainer.loop.seconds
     if resume is None:
         trainer.save_last(0, 0)
-    atomic_write_text(run_dir / "config.toml", to_toml(run.model_cfg, cfg))
-    for name in set(replaces) - {ckpt_io.LAST, ckpt_io.BEST if ridge else "", "metrics.jsonl", "config.toml"}:  # the old run's, out of date
+    if dist.is_main:
+        atomic_write_text(run_dir / "config.toml", to_toml(run.model_cfg, cfg))
+    for name in (set(replaces) if dist.is_main else set()) - {ckpt_io.LAST, ckpt_io.BEST if ridge else "", "metrics.jsonl", "config.toml"}:  # the old run's, out of date
         (run_dir / name).unlink(missing_ok=True)
     loop = trainer.loop
     if cfg.epochs > 0:

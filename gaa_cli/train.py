@@ -557,6 +557,9 @@ def fit(
     t0 = time.perf_counter()
     ridge = _saved_ridge(resume.meta) if resume is not None else fit_ridge(model, run, console, show_progress)
     ridge_s = time.perf_counter() - t0
+    if ridge is not None and resume is None and "subsampled_from" in ridge:
+        notes([f"the ridge half was fitted on a random {ridge['samples']:,} of the {ridge['subsampled_from']:,} training samples "
+               "(random_features.MAX_SAMPLES); the network trains on all of them"])
     trainer = Trainer(run, model, run_dir, ridge)
     trainer.timings.update(prepare=prepare_s, ridge=ridge_s)
     result_plan = None

@@ -176,12 +176,14 @@ def test_fit_saves_the_fitted_ridge_and_predictions_weigh_both(tmp_path):
     assert result.ridge is None and alone.meta["ridge"] is None
 
 
-def test_default_ridge_is_for_univariate_series():
+def test_default_ridge_follows_the_channel_rule():
+    from gaa_cli.config import MULTICHANNEL_RIDGE
+
     uni, _ = resolve(ModelConfig(), TrainConfig(), DataShape(n_samples=50, length=30, channels=1, n_classes=2))
     multi, _ = resolve(ModelConfig(), TrainConfig(), DataShape(n_samples=50, length=30, channels=3, n_classes=2))
     forced, _ = resolve(ModelConfig(ridge_features=500), TrainConfig(), DataShape(n_samples=50, length=30, channels=3, n_classes=2))
     assert (uni.ridge_features, uni.ridge_length) == (10_000, 30)
-    assert multi.ridge_features == 0 and forced.ridge_features == 500
+    assert multi.ridge_features == (10_000 if MULTICHANNEL_RIDGE else 0) and forced.ridge_features == 500
 
 
 @pytest.mark.parametrize("n, length, per_kernel", [(150, 12, 1), (40, 30, 2)])

@@ -234,3 +234,15 @@ def test_large_sets_are_streamed_and_subsampled_with_a_note(monkeypatch):
     torch.testing.assert_close(streamed(x, mask), dual(x, mask), atol=1e-4, rtol=1e-4)
     monkeypatch.setattr(random_features, "MAX_SAMPLES", 80)
     assert streamed.fit(x, mask, y, torch.Generator().manual_seed(4))["subsampled_from"] == 120
+
+
+def test_training_says_when_the_ridge_saw_a_subset(tmp_path, monkeypatch):
+    from gaa_cli import random_features
+
+    _parquet(tmp_path / "train.parquet", 30, 0)
+    monkeypatch.setattr(random_features, "MAX_SAMPLES", 10)
+    notes = []
+    result = fit(load(tmp_path / "train.parquet"), None, ModelConfig(width=8), TrainConfig(epochs=1, batch_size=8), tmp_path,
+                 console=Console(file=io.StringIO()), show_progress=False, notes=notes.extend)
+    assert result.ridge["samples"] == 10 and result.ridge["subsampled_from"] == 24
+    assert any("random 10 of the 24 training samples" in line for line in notes)

@@ -36,7 +36,7 @@ __all__ = ["RandomFeatureRidge", "dilations", "PENALTIES", "TEMPERATURES", "DUAL
 KERNELS = torch.tensor([[2.0 if i in c else -1.0 for i in range(9)] for c in itertools.combinations(range(9), 3)])  # (M, 9)
 MAX_DILATIONS = 32
 CHANNEL_KERNELS = True  # multichannel: a different random kernel on each channel a kernel sums (False: the same one)
-CHUNK = 1 << 25  # bounds the elements of one chunk of `transform` (see there)
+CHUNK = 1 << 25  # elements of one threshold comparison
 # Up to DUAL_SAMPLES training samples: the SVD solve, which costs N^2 F and holds N x F float64 (about 300 MB at
 # 4000 x 10,000). Beyond: the streamed solve, N F^2 for the Gram matrix plus F^3 once for its eigendecomposition
 # (800 MB per F x F float64 matrix at F = 10,000), and the features of LOO_SAMPLES rows computed twice.
@@ -100,17 +100,17 @@ class RandomFeatureRidge(nn.Module):
         """(B, T, C), (B, T) -> (B, F): the fraction of valid steps above each threshold."""
         b, t, _ = x.shape
         d, m, p = self.thresholds.shape
-        rows = max(1, CHUNK // (m * max(p, 16) * t))  # bounds the (rows, M, T) outputs below, with room for sorting
+        rows = max(1, CHUNK // (m * p * t))  # bounds the (rows, M, P, T) comparison below
         if b > rows:
             return torch.cat([self.transform(x[i : i + rows], mask[i : i + rows]) for i in range(0, b, rows)])
         xc = (x * mask[:, :, None]).transpose(1, 2).float()  # (B, C, T), padded steps 0
         valid = mask.sum(1).clamp_min(1).float()[:, None, None]  # (B, 1, 1)
+        count = torch.int16 if t < 2**15 else torch.int32
         out = []
         for i in range(d):
             z = self._conv(xc, i).masked_fill(~mask[:, None, :], -math.inf)  # (B, M, T); padded steps are never above
-            z = z.sort(-1).values  # ascending: the steps above a threshold are those after its place in this order
-            below = torch.searchsorted(z, self.thresholds[i].expand(len(z), m, p).contiguous(), right=True)  # (B, M, P) at or below
-            out.append(((t - below) / valid).flatten(1))  # (B, M * P)
+            above = (z[:, :, None, :] > self.thresholds[i][None, :, :, None]).view(torch.uint8).sum(-1, dtype=count)  # (B, M, P)
+            out.append((above / valid).flatten(1))  # (B, M * P)
         return torch.cat(out, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

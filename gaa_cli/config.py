@@ -32,7 +32,7 @@ DEFAULT_WIDTH = 64  # channels of the convolutional stem
 SMALL = 300  # samples below which a set is small: no early stopping, the held-out part only weighs the halves
 VAL_SPLIT_SMALL = 0.2  # held out from sets under 300 samples when a ridge is to be weighed against the network
 RIDGE_FEATURES = 10_000  # random-convolution features of a default run (see random_features.py)
-MULTICHANNEL_RIDGE = True  # the ridge half on multichannel data by default too (docs/anytime.md measures both)
+MULTICHANNEL_RIDGE = False  # the ridge half on multichannel data by default: off, as measured (docs/anytime.md)
 
 
 def option(default: Any, help: str, panel: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -59,7 +59,7 @@ class ModelConfig:
     dropout: float = option(0.0, "Dropout before the head \\[default: 0].", "Model")
     ridge_features: int | None = option(
         None, "Random-convolution features of the ridge classifier whose probabilities are averaged with the network's; "
-        "0 = the network alone \\[default: 10000].", "Model")
+        "0 = the network alone \\[default: 10000 for one channel, else 0].", "Model")
     ridge_length: int | None = None  # the sequence length the ridge's dilations are chosen for (the longest training sequence)
 
 
@@ -101,8 +101,8 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
     if model.stride is None:
         model.stride = max(1, math.ceil(shape.length / MAX_STEPS))
     if model.ridge_features is None:
-        # multichannel: each kernel sums channels through different random kernels (random_features.py); measured
-        # on and off in docs/anytime.md ("The ridge on multichannel data")
+        # multichannel: its kernels put each channel through its own random kernel (random_features.py), but the
+        # whole model measured better without it (docs/anytime.md, "The ridge on multichannel data")
         model.ridge_features = RIDGE_FEATURES if shape.channels == 1 or MULTICHANNEL_RIDGE else 0
     if model.ridge_length is None:
         model.ridge_length = shape.length

@@ -68,7 +68,7 @@ def test_evaluate_json_counts_every_sample(trained):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("train_file, test_file, floor", [
-    ("gestures_train.parquet", "gestures_test.parquet", 0.85),  # 3 channels: the network and the ridge
+    ("gestures_train.parquet", "gestures_test.parquet", 0.85),  # 3 channels, the network alone
     ("sensor_wide_train.csv", "sensor_wide_test.csv", 0.85),  # univariate: the network and the ridge
 ])
 def test_default_recipe_reaches_accuracy(tmp_path, train_file, test_file, floor):

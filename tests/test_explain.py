@@ -120,7 +120,7 @@ def runs(tmp_path_factory):
     """A tiny network-only run on the long gestures sample (3 channels) and one on a wide univariate file."""
     d = tmp_path_factory.mktemp("explain")
     out = {"dir": d}
-    r = gaa("train", SAMPLES / "gestures_long_train.csv", *TINY, "--width", "16", "--ridge-features", "0", "--out", d / "long")
+    r = gaa("train", SAMPLES / "gestures_long_train.csv", *TINY, "--width", "16", "--out", d / "long")
     assert r.code == 0, r.stderr
     out["long"] = d / "long"
     wide = csv(d / "wide.csv", wide_frame(n=30, steps=20))

@@ -74,7 +74,7 @@ def main() -> None:
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        fit(data, None, ModelConfig(), TrainConfig(epochs=args.epochs, device="cpu"), Path(tempfile.mkdtemp()) / "run",
+        fit(data, None, ModelConfig(), TrainConfig(epochs=args.epochs, device="cpu"), Path(tempfile.mkdtemp()),
             console=Console(file=io.StringIO()), show_progress=False)
         prof.disable()
         total = time.perf_counter() - t0

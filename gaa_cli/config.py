@@ -33,6 +33,7 @@ DEFAULT_WIDTH = 64  # channels of the convolutional stem
 SMALL = 300  # samples below which a set is small: no early stopping, the held-out part only weighs the halves
 VAL_SPLIT_SMALL = 0.2  # held out from sets under 300 samples when a ridge is to be weighed against the network
 RIDGE_FEATURES = 10_000  # random-convolution features of a default run (see random_features.py)
+MULTICHANNEL_RIDGE = False  # the ridge half on multichannel data by default: off, as measured (docs/anytime.md)
 
 
 def option(default: Any, help: str, panel: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -110,9 +111,9 @@ def resolve(model: ModelConfig, train: TrainConfig, shape: DataShape) -> tuple[M
     if model.stride is None:
         model.stride = max(1, math.ceil(shape.length / MAX_STEPS))
     if model.ridge_features is None:
-        # its random kernels sum channels, blind to how one channel lags another: on multichannel data it
-        # measured neutral to harmful (README, "Accuracy against MiniRocket"), so it is for univariate series
-        model.ridge_features = RIDGE_FEATURES if shape.channels == 1 else 0
+        # multichannel: its kernels put each channel through its own random kernel (random_features.py), but the
+        # whole model measured better without it (docs/anytime.md, "The ridge on multichannel data")
+        model.ridge_features = RIDGE_FEATURES if shape.channels == 1 or MULTICHANNEL_RIDGE else 0
     if model.ridge_length is None:
         model.ridge_length = shape.length
     if train.batch_size is None:

@@ -3,8 +3,17 @@
 A fixed bank of random dilated convolutions (never trained) turns each sequence into F numbers: for every
 kernel, dilation and threshold, the fraction of valid time steps where the convolution's output lies above
 the threshold. Each threshold lies between two adjacent sorted outputs on a training sequence. A ridge classifier on the
-standardised features is then solved exactly, its penalty chosen by leave-one-out error, and its scores are
-scaled into logits by the temperature that minimises the leave-one-out log loss.
+standardised features is then solved exactly (ridge_solve.py), its penalty chosen by leave-one-out error, and its
+scores are scaled into logits by the temperature that minimises the leave-one-out log loss.
+
+Multichannel data: each kernel and dilation sums a random subset of 1 to min(C, 9) channels, each channel through
+its own random one of the 84 kernels. Had every channel the same kernel, the output would be that kernel applied
+to the channels' sum, which cannot tell which of two channels leads the other (a circle drawn clockwise from
+counter-clockwise); different kernels per channel can.
+
+Up to DUAL_SAMPLES training samples the ridge is solved from the SVD of all their features; beyond that the
+features stream through in chunks into a Gram matrix (memory in F^2, not N), and beyond MAX_SAMPLES a random
+subset of that size is used, which the returned summary says (`subsampled_from`).
 
 Shapes: B batch, T time steps, C channels, D dilations, M kernels (84), P thresholds per kernel and dilation,
 F = D * M * P features, K classes.
@@ -20,15 +29,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["RandomFeatureRidge", "dilations", "FIT_SAMPLES"]
+from .ridge_solve import PENALTIES, TEMPERATURES, solve_dual, solve_streamed
+
+__all__ = ["RandomFeatureRidge", "dilations", "PENALTIES", "TEMPERATURES", "DUAL_SAMPLES", "MAX_SAMPLES"]
 
 # every length-9 kernel with three weights of 2 and six of -1: they sum to zero, so an offset changes nothing
 KERNELS = torch.tensor([[2.0 if i in c else -1.0 for i in range(9)] for c in itertools.combinations(range(9), 3)])  # (M, 9)
 MAX_DILATIONS = 32
-PENALTIES = [10.0**e for e in range(-3, 4)]  # ridge penalties tried
-TEMPERATURES = [2.0**e for e in range(-2, 9)]  # logit scales tried
+CHANNEL_KERNELS = True  # multichannel: a different random kernel on each channel a kernel sums (False: the same one)
 CHUNK = 1 << 25  # elements of one threshold comparison
-FIT_SAMPLES = 2000  # at most this many training samples fit the ridge (the exact solve grows with their square)
+# Up to DUAL_SAMPLES training samples: the SVD solve, which costs N^2 F and holds N x F float64 (about 300 MB at
+# 4000 x 10,000). Beyond: the streamed solve, N F^2 for the Gram matrix plus F^3 once for its eigendecomposition
+# (800 MB per F x F float64 matrix at F = 10,000), and the features of LOO_SAMPLES rows computed twice.
+DUAL_SAMPLES = 4000
+MAX_SAMPLES = 25_000  # beyond this many, a random subset of this size fits the ridge (a note says so): docs/anytime.md
 
 
 def dilations(length: int) -> list[int]:
@@ -51,7 +65,7 @@ class RandomFeatureRidge(nn.Module):
         p = max(1, features // (d * m))
         n_feat = d * m * p
         self.register_buffer("kernels", KERNELS.clone())  # (M, 9)
-        self.register_buffer("channel_mix", torch.ones(d, m, channels))  # which channels each kernel sums
+        self.register_buffer("channel_mix", torch.ones(d, m, channels))  # which channels each kernel sums, and how (_weights)
         self.register_buffer("thresholds", torch.zeros(d, m, p))
         self.register_buffer("center", torch.zeros(n_feat))
         self.register_buffer("scale", torch.ones(n_feat))
@@ -72,8 +86,15 @@ class RandomFeatureRidge(nn.Module):
         compare the same way whatever else is in the batch.
         """
         d = self.dilations[i]
-        w = self.kernels[:, None, :].double() * self.channel_mix[i][:, :, None].double()  # (M, C, 9)
-        return F.conv1d(x.double(), w, padding=4 * d, dilation=d).float()
+        return F.conv1d(x.double(), self._weights(i), padding=4 * d, dilation=d).float()
+
+    def _weights(self, i: int) -> torch.Tensor:
+        """(M, C, 9) float64 weights at dilation i: on channel c, kernel m applies KERNELS[(m + mix - 1) % M],
+        where mix = channel_mix[i, m, c] >= 1, and nothing where mix = 0."""
+        mix = self.channel_mix[i].long()  # (M, C)
+        m = len(self.kernels)
+        which = (torch.arange(m, device=mix.device)[:, None] + mix - 1) % m  # (M, C) kernel index per channel
+        return self.kernels.double()[which] * (mix > 0)[:, :, None]  # (M, C, 9)
 
 
     def transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,14 +131,16 @@ class RandomFeatureRidge(nn.Module):
         n, _, c = x.shape
         d, m, p = self.thresholds.shape
         dev = self.thresholds.device
-        if n > FIT_SAMPLES:
-            keep = torch.randperm(n, generator=gen)[:FIT_SAMPLES]
+        total = n
+        if n > MAX_SAMPLES:
+            keep = torch.randperm(n, generator=gen)[:MAX_SAMPLES].sort().values
             x, mask, y = x[keep], mask[keep], y[keep]
-            n = FIT_SAMPLES
-        if c > 1:  # each kernel sums a random subset of 1 to min(C, 9) channels
+            n = MAX_SAMPLES
+        if c > 1:  # each kernel sums a random subset of 1 to min(C, 9) channels, each through a random one of the kernels
             sizes = torch.randint(1, min(c, 9) + 1, (d, m, 1), generator=gen)
             ranks = torch.rand(d, m, c, generator=gen).argsort(-1).argsort(-1)
-            self.channel_mix.copy_((ranks < sizes).float())
+            shifts = torch.randint(m, (d, m, c), generator=gen) if CHANNEL_KERNELS else torch.zeros(d, m, c, dtype=torch.long)
+            self.channel_mix.copy_((ranks < sizes) * (1 + shifts))
         # thresholds: random quantiles of one random training sequence's outputs, per kernel and dilation
         pick = torch.randint(n, (d,), generator=gen)
         levels = torch.rand(d, m, p, generator=gen) * 0.9 + 0.05
@@ -127,37 +150,22 @@ class RandomFeatureRidge(nn.Module):
             z = z[:, mask[j].to(dev)].sort(dim=-1).values  # (M, T_j)
             at = (levels[i].to(dev) * (z.shape[-1] - 1)).long().clamp_max(z.shape[-1] - 2)  # (M, P)
             self.thresholds[i] = (z.gather(1, at) + z.gather(1, at + 1)) / 2  # between two outputs, never tied with one
-        feats = self.transform(x.to(dev), mask.to(dev)).cpu().double()  # (N, F); transform bounds its own memory
-        center, scale = feats.mean(0), feats.std(0, unbiased=False)
-        scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
-        a = (feats - center) / scale  # (N, F)
         k = self.weight.shape[1]
-        targets = F.one_hot(y.cpu().long(), k).double() * 2 - 1  # (N, K) in {-1, 1}
-        offset = targets.mean(0)
-        u, s, vt = torch.linalg.svd(a, full_matrices=False)  # a = u diag(s) vt
-        rank = s > s[0] * 1e-10  # centring leaves one direction (all ones) with s = 0: it belongs to the intercept
-        u, s, vt = u[:, rank], s[rank], vt[rank]  # (N, R), (R,), (R, F)
-        centred = targets - offset
-        uy = u.T @ centred  # (R, K)
-        # With more features than samples the fit nearly interpolates: 1 - hat and the residuals are ~1e-7.
-        # Both are written as (what lies outside u's span) + (what the penalty leaves), never as 1 - (almost 1).
-        outside = centred - u @ uy, 1 - 1 / n - (u**2).sum(1)  # (N, K), (N,): ~0 when N <= F
-        best = None
-        for lam in PENALTIES:
-            left = lam / (s**2 + lam)  # (R,) the share of each direction the penalty removes
-            residual = outside[0] + u @ (left[:, None] * uy)  # (N, K) targets - fitted values
-            one_minus_hat = (outside[1] + u**2 @ left).clamp_min(1e-12)  # (N,) intercept included
-            loo = targets - residual / one_minus_hat[:, None]  # leave-one-out scores
-            err = float(((targets - loo) ** 2).sum())
-            if best is None or err < best[0]:
-                best = (err, lam, loo)
-        _, lam, loo = best
-        w = vt.T @ ((s / (s**2 + lam))[:, None] * uy)  # (F, K)
-        labels = y.cpu().long()
-        tau = min(TEMPERATURES, key=lambda t: float(F.cross_entropy(t * loo, labels, label_smoothing=smoothing)))
+        if n <= DUAL_SAMPLES:
+            feats = self.transform(x.to(dev), mask.to(dev)).cpu().double()  # (N, F); transform bounds its own memory
+            sol = solve_dual(feats, y.cpu(), k, smoothing)
+        else:  # the features of a chunk of rows at a time: memory grows with F^2, never with N
+            sol = solve_streamed(lambda rows: self.transform(x[rows].to(dev), mask[rows].to(dev)).cpu().double(),
+                                 y.cpu(), self.center.numel(), k, gen, smoothing)
+        center, scale, w, offset, tau = sol.center, sol.scale, sol.weight, sol.bias, sol.temperature
         self.center.copy_(center.float())
         self.scale.copy_(scale.float())
         self.weight.copy_(w.float())
         self.bias.copy_(offset.float())
         self.temperature.fill_(tau)
-        return {"samples": n, "penalty": lam, "temperature": tau, "loo_accuracy": float((loo.argmax(1) == labels).double().mean())}
+        summary = {"samples": n, "penalty": sol.penalty, "temperature": tau, "loo_accuracy": sol.loo_accuracy}
+        if n < total:
+            summary["subsampled_from"] = total
+        if sol.loo_samples < n:
+            summary["loo_samples"] = sol.loo_samples
+        return summary

@@ -663,6 +663,9 @@ def fit(
         if model.ridge is not None:
             dist.share(model.ridge)
     ridge_s = time.perf_counter() - t0
+    if ridge is not None and resume is None and "subsampled_from" in ridge:
+        notes([f"the ridge half was fitted on a random {ridge['samples']:,} of the {ridge['subsampled_from']:,} training samples "
+               "(random_features.MAX_SAMPLES); the network trains on all of them"])
     trainer = Trainer(run, model, run_dir, ridge)
     trainer.timings.update(prepare=prepare_s, ridge=ridge_s)
     result_plan = None

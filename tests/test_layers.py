@@ -16,8 +16,8 @@ from .conftest import ROOT
 
 # gaa_cli's modules from the bottom up: a module may import only modules of a lower rank.
 RANKS = {
-    "errors": 0, "files": 1, "data": 2, "plots": 2, "config": 3, "metrics": 3, "random_features": 4, "model": 5, "device": 5, "precision": 5, "compiled": 5,
-    "distributed": 6, "streaming": 7,
+    "errors": 0, "files": 1, "data": 2, "plots": 2, "config": 3, "metrics": 3, "ridge_solve": 3, "random_features": 4, "model": 5, "device": 5,
+    "precision": 5, "compiled": 5, "distributed": 6, "streaming": 7,
     "tensors": 6, "progress": 6, "explain": 6, "checkpoint": 7, "train": 8, "inference": 8, "runs": 9, "api": 10, "cli": 10, "__main__": 11,
 }
 

@@ -45,8 +45,9 @@ def _features_by_loops(r: RandomFeatureRidge, x: torch.Tensor, mask: torch.Tenso
                 for t in range(n):
                     for j in range(9):
                         s = t + (j - 4) * d
-                        if 0 <= s < n:
-                            z[t] += k[m, j] * (seq[s] * mix[i, m]).sum()
+                        for c in range(seq.shape[1]):  # channel c through kernel m shifted by mix - 1, if mix > 0
+                            if 0 <= s < n and mix[i, m, c] > 0:
+                                z[t] += k[(m + int(mix[i, m, c]) - 1) % len(k), j] * seq[s, c]
                 for p in range(thr.shape[2]):
                     out[b, col + m * thr.shape[2] + p] = (z > thr[i, m, p]).mean()
             col += len(k) * thr.shape[2]
@@ -60,7 +61,9 @@ def test_features_match_their_definition(channels):
     r.fit(x, mask, y, torch.Generator().manual_seed(1))
     assert r.thresholds.shape[2] == 2 and len(r.dilations) == len(dilations(30)) > 1
     if channels > 1:  # every kernel sums a non-empty subset of the channels, and the subsets differ
-        assert bool((r.channel_mix.sum(-1) >= 1).all()) and len({tuple(v.tolist()) for v in r.channel_mix.flatten(0, 1)}) > 1
+        used = r.channel_mix > 0
+        assert bool(used.any(-1).all()) and len({tuple(v.tolist()) for v in used.flatten(0, 1)}) > 1
+        assert len(set(r.channel_mix[used].tolist())) > 1  # and the channels go through different kernels
     got = r.transform(x, mask).double().numpy()
     np.testing.assert_allclose(got, _features_by_loops(r, x, mask), atol=1e-12)
     # the thresholds are quantiles of real outputs: features are neither all 0 nor all 1
@@ -173,9 +176,73 @@ def test_fit_saves_the_fitted_ridge_and_predictions_weigh_both(tmp_path):
     assert result.ridge is None and alone.meta["ridge"] is None
 
 
-def test_default_ridge_is_for_univariate_series():
+def test_default_ridge_follows_the_channel_rule():
+    from gaa_cli.config import MULTICHANNEL_RIDGE
+
     uni, _ = resolve(ModelConfig(), TrainConfig(), DataShape(n_samples=50, length=30, channels=1, n_classes=2))
     multi, _ = resolve(ModelConfig(), TrainConfig(), DataShape(n_samples=50, length=30, channels=3, n_classes=2))
     forced, _ = resolve(ModelConfig(ridge_features=500), TrainConfig(), DataShape(n_samples=50, length=30, channels=3, n_classes=2))
     assert (uni.ridge_features, uni.ridge_length) == (10_000, 30)
-    assert multi.ridge_features == 0 and forced.ridge_features == 500
+    assert multi.ridge_features == (10_000 if MULTICHANNEL_RIDGE else 0) and forced.ridge_features == 500
+
+
+@pytest.mark.parametrize("n, length, per_kernel", [(150, 12, 1), (40, 30, 2)])
+def test_streamed_solve_matches_the_direct_one(n, length, per_kernel, monkeypatch):
+    # the first case has more samples than features (84), the second fewer (336): the fit nearly interpolates
+    from gaa_cli import ridge_solve
+
+    x, mask, y = _data(n, length, 1, seed=5)
+    r = RandomFeatureRidge(84 * per_kernel * len(dilations(length)), length, 1, 3)
+    r.fit(x, mask, y, torch.Generator().manual_seed(0))
+    feats = r.transform(x, mask).double()
+    calls = []
+
+    def features(rows):
+        calls.append(len(rows))
+        return feats[rows]
+
+    monkeypatch.setattr(ridge_solve, "CHUNK_BYTES", 8 * feats.shape[1] * 16)  # chunks of 16 rows
+    direct = ridge_solve.solve_dual(feats, y, 3, smoothing=0.1)
+    streamed = ridge_solve.solve_streamed(features, y, feats.shape[1], 3, torch.Generator().manual_seed(0), smoothing=0.1)
+    assert max(calls) == 16 and sum(calls) == 2 * n  # both passes over every row, a chunk at a time
+    assert (streamed.penalty, streamed.temperature, streamed.loo_samples) == (direct.penalty, direct.temperature, n)
+    assert streamed.loo_accuracy == pytest.approx(direct.loo_accuracy)
+    for got, want in [(streamed.center, direct.center), (streamed.scale, direct.scale), (streamed.bias, direct.bias)]:
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(streamed.weight, direct.weight, atol=1e-6, rtol=1e-6)
+
+    # leave-one-out on a sample of rows: one penalty, so the weights cannot differ, and the sample is what was scored
+    monkeypatch.setattr(ridge_solve, "LOO_SAMPLES", 25)
+    monkeypatch.setattr(ridge_solve, "PENALTIES", [1.0])
+    calls.clear()
+    direct = ridge_solve.solve_dual(feats, y, 3)
+    part = ridge_solve.solve_streamed(features, y, feats.shape[1], 3, torch.Generator().manual_seed(0))
+    assert part.loo_samples == 25 and sum(calls) == n + 25 and part.penalty == direct.penalty == 1.0
+    torch.testing.assert_close(part.weight, direct.weight, atol=1e-6, rtol=1e-6)
+
+
+def test_large_sets_are_streamed_and_subsampled_with_a_note(monkeypatch):
+    from gaa_cli import random_features
+
+    x, mask, y = _data(120, 16, 2, seed=2)
+    dual = RandomFeatureRidge(500, 16, 2, 3)
+    want = dual.fit(x, mask, y, torch.Generator().manual_seed(4))
+    monkeypatch.setattr(random_features, "DUAL_SAMPLES", 50)
+    streamed = RandomFeatureRidge(500, 16, 2, 3)
+    got = streamed.fit(x, mask, y, torch.Generator().manual_seed(4))
+    assert got == pytest.approx(want) and "subsampled_from" not in got  # every sample, the same choices
+    torch.testing.assert_close(streamed(x, mask), dual(x, mask), atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(random_features, "MAX_SAMPLES", 80)
+    assert streamed.fit(x, mask, y, torch.Generator().manual_seed(4))["subsampled_from"] == 120
+
+
+def test_training_says_when_the_ridge_saw_a_subset(tmp_path, monkeypatch):
+    from gaa_cli import random_features
+
+    _parquet(tmp_path / "train.parquet", 30, 0)
+    monkeypatch.setattr(random_features, "MAX_SAMPLES", 10)
+    notes = []
+    result = fit(load(tmp_path / "train.parquet"), None, ModelConfig(width=8), TrainConfig(epochs=1, batch_size=8), tmp_path,
+                 console=Console(file=io.StringIO()), show_progress=False, notes=notes.extend)
+    assert result.ridge["samples"] == 10 and result.ridge["subsampled_from"] == 24
+    assert any("random 10 of the 24 training samples" in line for line in notes)

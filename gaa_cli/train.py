@@ -8,7 +8,9 @@
 3. `plan` (with a time limit only): a few timed steps size the network's schedule to end inside the budget;
 4. `Trainer.train`: epochs of AdamW steps; each validated epoch (and the last one) first re-estimates
    BatchNorm's statistics (`refresh_batchnorm`), then weighs the network against the ridge on held-out
-   predictions (`choose_blend`) and replaces the best model only when that blend validates better;
+   predictions (`choose_blend`, whose grid includes the ridge alone) and keeps the best validated epoch;
+   the first validated epoch always replaces the ridge-first model, whose ridge-or-blend question
+   `choose_blend` has then answered on the evidence;
 5. saving, all along: `last.safetensors` (resumable, every SAVE_EVERY_S seconds and at the end),
    `best.safetensors`, `metrics.jsonl`, `config.toml`.
 
@@ -484,9 +486,8 @@ class Trainer:
     def save_ridge_first(self) -> dict:
         """Ridge first: the ridge alone, saved as the best model before the network's first step; its metrics."""
         metrics = {"epoch": 0, "blend": 0.0, "ridge_loo_acc": self.meta["ridge"]["loo_accuracy"]}
-        if self.ridge_val is not None:
+        if self.ridge_val is not None:  # reported; not a bar for the network's epochs to clear (see the module's docstring)
             metrics.update(_scores(self.ridge_val, self.run.val.y.numpy()))
-            self.loop.best_acc, self.loop.best_loss = metrics["val_acc"], metrics["val_loss"]
         self.meta["ridge_first"] = metrics  # in every later checkpoint's metadata: a resumed run reports it
         self.save_best(0, metrics)
         return metrics

@@ -96,7 +96,12 @@ def should_stream(path: Path, stream: bool | None, stream_above: float) -> bool:
         if stream:
             row_groups(path)  # refuses what is not Parquet, by name
         return bool(stream)
-    return _is_parquet(path) and Path(path).exists() and uncompressed_bytes(path) > stream_above * 1e9
+    if not (_is_parquet(path) and Path(path).exists()):
+        return False
+    try:
+        return uncompressed_bytes(path) > stream_above * 1e9
+    except GaaError:  # unreadable (empty, not Parquet...): the whole read says what is wrong, in the words of every other command
+        return False
 
 
 def unit_hash(rows: np.ndarray, salt: int) -> np.ndarray:

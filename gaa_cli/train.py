@@ -42,7 +42,7 @@ from . import checkpoint as ckpt_io
 from . import distributed, streaming
 from .compiled import Compiler
 from .config import SMALL, DataShape, ModelConfig, TrainConfig, parse_duration, resolve, to_toml
-from .data import SequenceData
+from .data import Schema, SequenceData
 from .device import resolve_device, to_device
 from .errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from .files import atomic_write_text
@@ -130,6 +130,22 @@ def _split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def _meta(model_cfg: ModelConfig, train_cfg: TrainConfig, classes: list, schema: Schema, norm: dict, lengths: dict, n_train: int,
+          sources: dict[str, str]) -> dict:
+    """The metadata every checkpoint of a run carries (checkpoint.py validates it on load)."""
+    return {
+        "model_config": dataclasses.asdict(model_cfg),
+        "train_config": dataclasses.asdict(train_cfg),
+        "classes": classes,
+        "schema": schema.to_dict(),
+        "normalization": norm,
+        "lengths": lengths,
+        "n_train_samples": n_train,
+        "sources": sources,
+        "versions": {"gaa": __version__, "torch": torch.__version__, "format": ckpt_io.FORMAT_VERSION},
+    }
+
+
 def prepare(
     data: SequenceData, val_data: SequenceData | None, model_cfg: ModelConfig, train_cfg: TrainConfig, sources: dict[str, str],
     fill: str = "mean",
@@ -154,17 +170,8 @@ def prepare(
         val = to_tensors(data, norm, classes, fill, rows=val_idx) if len(val_idx) else None
     # each split's tensors straight from the data: no tensor of every sample to copy them out of
     train = to_tensors(data, norm, classes, fill, rows=None if len(train_idx) == len(y) else train_idx)
-    meta = {
-        "model_config": dataclasses.asdict(model_cfg),
-        "train_config": dataclasses.asdict(train_cfg),
-        "classes": classes,
-        "schema": data.schema.to_dict(),
-        "normalization": norm,
-        "lengths": {"min": int(data.lengths.min()), "max": int(data.lengths.max()), "mean": float(data.lengths.mean())},
-        "n_train_samples": len(train),
-        "sources": sources,
-        "versions": {"gaa": __version__, "torch": torch.__version__, "format": ckpt_io.FORMAT_VERSION},
-    }
+    lengths = {"min": int(data.lengths.min()), "max": int(data.lengths.max()), "mean": float(data.lengths.mean())}
+    meta = _meta(model_cfg, train_cfg, classes, data.schema, norm, lengths, len(train), sources)
     every_epoch = val_data is not None or shape.n_samples >= SMALL
     return Prepared(model_cfg, train_cfg, shape, classes, norm, device, train, val, fingerprint(data), meta, every_epoch)
 
@@ -195,18 +202,9 @@ def _prepare_streamed(
     per_rank = max(1, round(train_cfg.batch_size / dist.world))  # --batch-size is the global batch
     steps = math.ceil(sp.n_train / (per_rank * dist.world))
     plan_ = streaming.Plan(data, sp.cut, train_cfg.seed, norm, classes, fill, s.max_length, per_rank, steps, sp.n_train, dist)
-    meta = {
-        "model_config": dataclasses.asdict(model_cfg),
-        "train_config": dataclasses.asdict(train_cfg),
-        "classes": classes,
-        "schema": data.schema.to_dict(),
-        "normalization": norm,
-        "lengths": {"min": s.min_length, "max": s.max_length, "mean": s.total_length / max(1, s.n)},
-        "n_train_samples": sp.n_train,
-        "sources": dict(sources, stream="True"),
-        "stream": {"row_groups": len(data.groups), "validation_hash_below": sp.cut, "ridge_sample": len(train), "processes": dist.world},
-        "versions": {"gaa": __version__, "torch": torch.__version__, "format": ckpt_io.FORMAT_VERSION},
-    }
+    lengths = {"min": s.min_length, "max": s.max_length, "mean": s.total_length / max(1, s.n)}
+    meta = _meta(model_cfg, train_cfg, classes, data.schema, norm, lengths, sp.n_train, dict(sources, stream="True"))
+    meta["stream"] = {"row_groups": len(data.groups), "validation_hash_below": sp.cut, "ridge_sample": len(train), "processes": dist.world}
     every_epoch = val_data is not None or shape.n_samples >= SMALL
     return Prepared(model_cfg, train_cfg, shape, classes, norm, device, train, val, streaming.fingerprint(s), meta, every_epoch, plan_)
 

@@ -17,24 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_files import list_parquet, long_files  # noqa: E402
-
-
-def run_child(args: list[str], env: dict) -> tuple[float, int, int, str]:
-    """(seconds, peak RSS in bytes, exit code, stderr) of `python -m gaa_cli ARGS`."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "gaa_cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - t0, usage.ru_maxrss * 1024, p.returncode, err
+from data_files import list_parquet, long_files, run_child  # noqa: E402
 
 
 def main() -> None:

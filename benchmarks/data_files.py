@@ -1,9 +1,14 @@
-"""Generated data files for the data benchmarks (bench_load.py, bench_stream.py): the same random sequences in the
-list layout (Parquet, one row per sequence, a list<float> column per channel) and in the long layout (Parquet and
-CSV, one row per step), with string ids and three classes."""
+"""Generated data files for the data benchmarks (bench_load.py, bench_stream.py, bench_stream_train.py): the same
+random sequences in the list layout (Parquet, one row per sequence, a list<float> column per channel) and in the
+long layout (Parquet and CSV, one row per step), with string ids and three classes; and `run_child`, which runs
+`gaa` on them in a child process and reports its peak memory."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +65,12 @@ def long_files(folder: Path, n: int, steps: int = 16, channels: int = 2, seed: i
             pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=start == 0, quoting_style="none"))
     writer.close()
     return pq_path, csv_path
+
+
+def run_child(args: list[str], env: dict) -> tuple[float, int, int, str]:
+    """(seconds, peak RSS in bytes, exit code, stderr) of `python -m gaa_cli ARGS`."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "gaa_cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status), err

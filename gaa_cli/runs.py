@@ -104,7 +104,6 @@ def _train_new(req: TrainRequest, model_cfg: ModelConfig, train_cfg: TrainConfig
         data = streaming.StreamedData(req.data, {"label": "label", **opts.roles(), **read})
     else:
         data = _loaded(load(req.data, **{"label": "label", **opts.roles()}, min_classes=2, **read))
-        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps the freed tables otherwise: 3x the data's size
     val = None
     if req.val is not None:
         val = _loaded(load(req.val, schema=data.schema, **read))
@@ -159,7 +158,9 @@ def _draw_curves(result: TrainResult) -> list[str]:
 
 
 def _loaded(data: SequenceData) -> SequenceData:
-    """Training data without the rows --skip-empty-rows left out (they have length 0)."""
+    """Training data without the rows --skip-empty-rows left out (they have length 0), once read: Arrow's allocator
+    gives back the tables it read from, which it would otherwise keep (3x the data's size)."""
+    pa.default_memory_pool().release_unused()
     return data if data.lengths.all() else data.subset(data.lengths > 0)
 
 
@@ -222,7 +223,6 @@ def _resume_run(req: TrainRequest, ck: ckpt_io.Checkpoint, model_cfg: ModelConfi
         data = streaming.StreamedData(data_path, read, schema=Schema.from_dict(ck.meta["schema"]))
     else:
         data = _loaded(load(data_path, schema=Schema.from_dict(ck.meta["schema"]), **read))
-        pa.default_memory_pool().release_unused()
     val = _loaded(load(Path(sources["val"]), schema=data.schema, **read)) if sources.get("val") else None
     if not isinstance(data, streaming.StreamedData) and fingerprint(data) != ck.meta["resume"]["fingerprint"]:
         raise UsageError(f"{data_path}: differs from the data run {run_dir} was trained on; resume with the same file, or start a new run")
